@@ -1,0 +1,190 @@
+"""The entry point: options in, a check run, a status line and exit code out. Nothing else knows argv."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import traceback
+from typing import List, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
+
+from . import __version__
+from .errors import UsageError
+from .reference import ImageRef, Platform
+
+NAME = "REGISTRY_DEEP"
+EXIT_UNKNOWN = 3
+TIMEOUT_STATES = ("ok", "warning", "critical", "unknown")
+#: Seconds past the deadline after which the watchdog prints a status line whatever the run is doing.
+WATCHDOG_GRACE = 0.8
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="check_registry_deep",
+        description="Prove that a container registry still serves its images byte for byte: resolve every "
+                    "manifest, GET every blob, verify size and digest. Exit 0 OK, 1 WARNING, 2 CRITICAL, "
+                    "3 UNKNOWN.")
+    add = parser.add_argument
+    add("-R", "--registry", metavar="URL",
+        help="registry base URL, e.g. https://registry.example.org or http://127.0.0.1:5000 "
+             "(https:// when no scheme is given)")
+    add("-i", "--image", metavar="REF", action="append", default=[],
+        help="image to verify, repeatable: repo/name:tag, repo/name@sha256:HEX or repo/name:tag@sha256:HEX; "
+             "a ref with its own host (host[:port]/repo:tag) is fetched from that host")
+    add("-f", "--images-file", metavar="FILE", action="append", default=[],
+        help="file with more image refs, one a line; # comments and blank lines are ignored")
+    add("--platform", metavar="OS/ARCH[/VARIANT]", action="append", default=[],
+        help="only check these platforms of a multi-platform image, repeatable (default: all)")
+    add("-j", "--workers", metavar="N", type=int, default=4, help="concurrent blob transfers (default 4)")
+    add("-t", "--timeout", metavar="SECONDS[:STATE]", default="50",
+        help="deadline for the whole run (default 50) and the state when it passes: ok, warning, critical or "
+             "unknown (default unknown); failures already found stay CRITICAL")
+    add("-w", "--warning", metavar="RANGE", default="", help="warning range for the run's wall time in seconds")
+    add("-c", "--critical", metavar="RANGE", default="", help="critical range for the run's wall time in seconds")
+    add("-v", "--verbose", action="count", default=0,
+        help="more output, repeatable: -v a line per image, -vv progress on stderr, -vvv debug on stderr")
+    add("-V", "--version", action="version", version=f"check_registry_deep {__version__}")
+    return parser
+
+
+def parse_timeout(text: str) -> Tuple[float, str]:
+    seconds_text, _, state = text.partition(":")
+    state = state.strip().lower() or "unknown"
+    try:
+        seconds = float(seconds_text)
+    except ValueError:
+        raise UsageError(f"invalid --timeout {text!r}: expected SECONDS[:STATE], e.g. 50 or 50:critical") from None
+    if not 0 < seconds < 86400 or state not in TIMEOUT_STATES:
+        raise UsageError(f"invalid --timeout {text!r}: expected seconds > 0 and a state among "
+                         f"{', '.join(TIMEOUT_STATES)}")
+    return seconds, state
+
+
+def normalize_registry(url: str) -> str:
+    if "://" not in url:
+        url = f"https://{url}"
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise UsageError("credentials in the registry URL are not accepted (they would show in ps and in logs)")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"invalid --registry {url!r}: expected http(s)://host[:port]")
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise UsageError(f"invalid --registry {url!r}: expected no path; the API lives at /v2/ of the host")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def read_images_file(path: str) -> List[str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read images file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+
+
+def plan_images(registry: Optional[str], texts: Sequence[str]) -> List[Tuple[ImageRef, str]]:
+    """Each image with the base URL of the registry that serves it."""
+    default = normalize_registry(registry) if registry else None
+    planned = []
+    for text in dict.fromkeys(texts):
+        ref = ImageRef.parse(text)
+        if ref.host is None:
+            if default is None:
+                raise UsageError(f"--registry is required: image {text!r} names no registry host")
+            planned.append((ref, default))
+        elif default and urlsplit(default).netloc == ref.host:
+            planned.append((ref, default))
+        else:
+            planned.append((ref, f"https://{ref.host}"))
+    if not planned:
+        raise UsageError("no images to check: give --image or --images-file")
+    return planned
+
+
+def _configure_logging(verbose: int) -> None:
+    if verbose >= 2:
+        logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(threadName)s %(message)s",
+                            level=logging.DEBUG if verbose >= 3 else logging.INFO)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)  # it logs full URLs, which may carry signatures
+
+
+class _Watchdog:
+    """Prints a status line and exits if the run overstays its deadline, whatever it is blocked on."""
+
+    def __init__(self, seconds: float, state: str):
+        self.lock = threading.Lock()
+        self.done = False
+        self.timer = threading.Timer(seconds + WATCHDOG_GRACE, self._fire, args=(seconds, state))
+        self.timer.daemon = True
+
+    def _fire(self, seconds: float, state: str) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.done = True
+            code = {"ok": 0, "warning": 1, "critical": 2}.get(state, EXIT_UNKNOWN)
+            sys.stdout.write(f"{NAME} {state.upper()} - deadline of {seconds:g}s passed and the run did not "
+                             f"wind down\n")
+            sys.stdout.flush()
+            os._exit(code)
+
+    def finish(self, output: str) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.done = True
+            self.timer.cancel()
+            sys.stdout.write(output)
+            sys.stdout.flush()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    verbose = 0
+    watchdog = None
+    try:
+        options = build_parser().parse_args(argv)
+        verbose = options.verbose
+        _configure_logging(verbose)
+        seconds, timeout_state = parse_timeout(options.timeout)
+        if not 1 <= options.workers <= 64:
+            raise UsageError(f"invalid --workers {options.workers}: expected 1 to 64")
+        texts = list(options.image)
+        for path in options.images_file:
+            texts += read_images_file(path)
+        images = plan_images(options.registry, texts)
+        platforms = [Platform.parse(p) for p in options.platform]
+        watchdog = _Watchdog(seconds, timeout_state)
+        watchdog.timer.start()
+        from .run import run_check  # deferred: requests, tenacity and nagiosplugin cost time at start-up
+        output, exitcode = run_check(images, seconds=seconds, timeout_state=timeout_state, workers=options.workers,
+                                     platforms=platforms, warning=options.warning, critical=options.critical,
+                                     verbose=verbose)
+    except UsageError as exc:
+        output, exitcode = f"{NAME} UNKNOWN - {exc}\n", EXIT_UNKNOWN
+    except KeyboardInterrupt:
+        output, exitcode = f"{NAME} UNKNOWN - interrupted\n", EXIT_UNKNOWN
+    except Exception as exc:  # the last line of defence: one line, and a traceback only at -vvv
+        output = f"{NAME} UNKNOWN - internal error: {type(exc).__name__}: {exc}\n".replace("|", "/")
+        if verbose >= 3:
+            output += traceback.format_exc().replace("|", "/")
+        exitcode = EXIT_UNKNOWN
+    if watchdog is not None:
+        watchdog.finish(output)
+    else:
+        sys.stdout.write(output)
+        sys.stdout.flush()
+    return exitcode
+
+
+def run() -> None:
+    """Console script entry point."""
+    sys.exit(main())

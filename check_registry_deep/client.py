@@ -1,0 +1,252 @@
+"""RegistryClient: the registry HTTP API over one requests.Session. Knows HTTP, not Nagios."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Tuple, TypeVar
+
+import requests
+import tenacity
+import urllib3.exceptions
+
+from . import __version__
+from .deadline import Deadline
+from .errors import (
+    AuthError,
+    BlobUnknown,
+    DeadlineExceeded,
+    HTTPStatusError,
+    ManifestUnknown,
+    RegistryError,
+    SizeMismatch,
+    TransportError,
+)
+from .manifests import ACCEPT, MAX_MANIFEST_BYTES
+from .reference import Digest, validate_repository
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 30.0
+MAX_ERROR_BODY = 64 * 1024
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries for transient faults only (connection errors, 408, 429, 5xx), always inside the deadline."""
+
+    attempts: int = 3
+    backoff: float = 0.5  # first wait; doubles each time, unless the server sends Retry-After
+    max_wait: float = 10.0
+
+    def wait_for(self, error: BaseException, attempt: int) -> float:
+        """Seconds to wait before attempt `attempt + 1`: the server's Retry-After, else exponential backoff."""
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            return max(0.0, retry_after)
+        return min(self.max_wait, self.backoff * 2 ** (attempt - 1))
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    body: bytes
+    content_type: str
+    declared_digest: Optional[str]  # the registry's Docker-Content-Digest, if it sent one
+    url: str
+
+
+class BlobResponse:
+    """An open blob body, read raw (never decoded) and never beyond `limit` bytes."""
+
+    def __init__(self, response: requests.Response, limit: Optional[int]):
+        self._response = response
+        self.limit = limit
+        self.received = 0
+        header = response.headers.get("Content-Length")
+        self.content_length = int(header) if header and header.isdigit() else None
+        self.content_encoding = response.headers.get("Content-Encoding", "").strip().lower() or None
+
+    def read(self, size: int) -> bytes:
+        if self.limit is not None:
+            size = min(size, self.limit - self.received)
+            if size <= 0:
+                return b""
+        try:
+            chunk = self._response.raw.read(size, decode_content=False)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TransportError(f"connection broken after {self.received} bytes: {_reason(exc)}") from None
+        self.received += len(chunk)
+        return chunk
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason for a transport failure, without URLs (they could carry a token in a query)."""
+    text = str(exc)
+    for marker in ("Caused by ", "] "):
+        if marker in text:
+            text = text.rsplit(marker, 1)[-1]
+    return text.strip("()'\" ")[:160] or type(exc).__name__
+
+
+def _retry_after(value: Optional[str]) -> Optional[float]:
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class RegistryClient:
+    """One registry, one session. Every request gets its timeouts from the run's deadline."""
+
+    def __init__(self, base_url: str, deadline: Deadline, *, workers: int = 4,
+                 retry: RetryPolicy = RetryPolicy(), session: Optional[requests.Session] = None):
+        self.base_url = base_url.rstrip("/")
+        self.deadline = deadline
+        self.retry_policy = retry
+        self.session = session or requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=workers + 2, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.max_redirects = 5
+        self.session.headers.update({"User-Agent": f"check_registry_deep/{__version__}"})
+        self._lock = threading.Lock()
+        self.retries = 0
+
+    # -- plumbing -------------------------------------------------------------------------------------
+
+    def _url(self, repository: str, kind: str, reference: str) -> str:
+        return f"{self.base_url}/v2/{validate_repository(repository)}/{kind}/{reference}"
+
+    def _send(self, method: str, url: str, *, headers: Optional[dict] = None, stream: bool = False
+              ) -> requests.Response:
+        timeout = (self.deadline.timeout(CONNECT_TIMEOUT), self.deadline.timeout(READ_TIMEOUT))
+        try:
+            response = self.session.request(method, url, headers=headers, stream=stream, timeout=timeout,
+                                             allow_redirects=True)
+        except requests.exceptions.SSLError as exc:
+            raise TransportError(f"TLS failure talking to {self.base_url}: {_reason(exc)}") from None
+        except requests.exceptions.TooManyRedirects:
+            raise TransportError(f"too many redirects for {method} {url}") from None
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            if self.deadline.expired():
+                raise DeadlineExceeded(f"deadline of {self.deadline.seconds:g}s passed during {method} {url}"
+                                       ) from None
+            raise TransportError(f"{self.base_url} unreachable: {_reason(exc)}") from None
+        log.debug("%s %s -> %s", method, url, response.status_code)
+        return response
+
+    def _raise_for_status(self, response: requests.Response, what: str, not_found: type) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        code, detail = self._error_code(response)
+        label = f"{status} {code}".strip()
+        retry_after = _retry_after(response.headers.get("Retry-After"))
+        response.close()
+        message = f"{what}{': ' if what else ''}{label}" + (f" ({detail})" if detail else "")
+        if status in (401, 403):
+            raise AuthError(message, status, code)
+        if status == 404:
+            raise not_found(message, status, code)
+        raise HTTPStatusError(message, status, code, retry_after)
+
+    @staticmethod
+    def _error_code(response: requests.Response) -> Tuple[str, str]:
+        """The registry's error code and message from a bounded read of the body."""
+        try:
+            body = response.raw.read(MAX_ERROR_BODY, decode_content=True) if response.raw else b""
+            errors = json.loads(body).get("errors") or []
+            first = errors[0]
+            return str(first.get("code", ""))[:40], str(first.get("message", ""))[:120]
+        except (ValueError, AttributeError, IndexError, TypeError, urllib3.exceptions.HTTPError, OSError):
+            return "", ""
+
+    def with_retries(self, operation: Callable[[], T], what: str) -> Tuple[T, int]:
+        """Run `operation`, retrying transient RegistryErrors within the deadline; returns (result, retries)."""
+        retries = 0
+
+        def give_up(state: tenacity.RetryCallState) -> bool:
+            error = state.outcome.exception() if state.outcome else None
+            return (error is None or state.attempt_number >= self.retry_policy.attempts
+                    or self.retry_policy.wait_for(error, state.attempt_number) >= self.deadline.remaining())
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            return self.retry_policy.wait_for(error, state.attempt_number) if error else 0.0
+
+        def note(state: tenacity.RetryCallState) -> None:
+            nonlocal retries
+            retries += 1
+            with self._lock:
+                self.retries += 1
+            log.info("retrying %s after: %s", what, state.outcome.exception() if state.outcome else "?")
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, RegistryError) and e.transient),
+            stop=give_up, wait=wait, before_sleep=note, reraise=True)
+        result = retrying(operation)
+        return result, retries
+
+    # -- the API --------------------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """GET /v2/: is this a registry at all? 401 is fine here (the auth flow answers it later)."""
+        response = self._send("GET", f"{self.base_url}/v2/")
+        if response.status_code != 401:
+            self._raise_for_status(response, f"GET {self.base_url}/v2/", HTTPStatusError)
+        response.close()
+
+    def get_manifest(self, repository: str, reference: str) -> FetchedManifest:
+        url = self._url(repository, "manifests", reference)
+
+        def fetch() -> FetchedManifest:
+            response = self._send("GET", url, headers={"Accept": ACCEPT, "Accept-Encoding": "identity"},
+                                  stream=True)
+            with response:
+                self._raise_for_status(response, "", ManifestUnknown)
+                body = BlobResponse(response, MAX_MANIFEST_BYTES + 1)
+                data = b"".join(iter(lambda: body.read(1 << 20), b""))
+            if len(data) > MAX_MANIFEST_BYTES:
+                raise SizeMismatch(f"manifest exceeds the {MAX_MANIFEST_BYTES // 1048576} MiB cap")
+            return FetchedManifest(data, response.headers.get("Content-Type", ""),
+                                   response.headers.get("Docker-Content-Digest"), url)
+
+        manifest, _ = self.with_retries(fetch, f"manifest {repository}:{reference}")
+        return manifest
+
+    @contextmanager
+    def open_blob(self, repository: str, digest: Digest, limit: Optional[int]) -> Iterator[BlobResponse]:
+        """GET a blob with identity encoding; the body is read raw, at most `limit` bytes."""
+        response = self._send("GET", self._url(repository, "blobs", str(digest)),
+                              headers={"Accept-Encoding": "identity"}, stream=True)
+        try:
+            self._raise_for_status(response, "", BlobUnknown)
+            yield BlobResponse(response, limit)
+        finally:
+            response.close()
+
+    def head_blob(self, repository: str, digest: Digest) -> Optional[int]:
+        """HEAD a blob: confirms this repository still links it (not proof of its bytes); returns its length."""
+
+        def head() -> Optional[int]:
+            response = self._send("HEAD", self._url(repository, "blobs", str(digest)),
+                                  headers={"Accept-Encoding": "identity"})
+            with response:
+                self._raise_for_status(response, f"HEAD in {repository}", BlobUnknown)
+                length = response.headers.get("Content-Length")
+            return int(length) if length and length.isdigit() else None
+
+        size, _ = self.with_retries(head, f"HEAD {digest.short()} in {repository}")
+        return size

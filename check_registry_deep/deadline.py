@@ -1,0 +1,35 @@
+"""One deadline for the whole run, from which every wait and every request timeout is derived."""
+
+from __future__ import annotations
+
+import time
+
+from .errors import DeadlineExceeded
+
+
+class Deadline:
+    def __init__(self, seconds: float, clock=time.monotonic):
+        self._clock = clock
+        self.seconds = seconds
+        self.started = clock()
+        self.at = self.started + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - self._clock())
+
+    def elapsed(self) -> float:
+        return self._clock() - self.started
+
+    def expired(self) -> bool:
+        return self._clock() >= self.at
+
+    def check(self, doing: str) -> None:
+        if self.expired():
+            raise DeadlineExceeded(f"deadline of {self.seconds:g}s passed while {doing}")
+
+    def timeout(self, cap: float) -> float:
+        """A timeout for one blocking step: never beyond the deadline, never zero (requests rejects it)."""
+        left = self.remaining()
+        if left <= 0:
+            raise DeadlineExceeded(f"deadline of {self.seconds:g}s passed")
+        return max(0.05, min(cap, left))

@@ -1,0 +1,92 @@
+"""The project's exception hierarchy.
+
+Every fault the plugin can find is one of these types, so the judging layer (check.py) maps types to
+states and never has to parse messages. Messages say what was expected and what was got, and never carry
+a secret.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class CheckError(Exception):
+    """Base of everything the plugin raises on purpose."""
+
+
+class UsageError(CheckError):
+    """Bad command line, unreadable input file, invalid image reference: the check cannot start."""
+
+
+class InternalError(CheckError):
+    """A bug of ours, caught so that it cannot hide what the rest of the run found."""
+
+
+class DeadlineExceeded(CheckError):
+    """The run's -t deadline passed."""
+
+
+class RegistryError(CheckError):
+    """The registry (or the way to it) does not serve what it should."""
+
+    transient = False
+
+
+class TransportError(RegistryError):
+    """No HTTP answer: connection refused or reset, TLS failure, a read that timed out."""
+
+    transient = True
+
+
+class HTTPStatusError(RegistryError):
+    """An HTTP status the registry should not have answered."""
+
+    def __init__(self, message: str, status: int, code: str = "", retry_after: Optional[float] = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:  # type: ignore[override]
+        return self.status in (408, 429) or self.status >= 500
+
+
+class AuthError(HTTPStatusError):
+    """The registry refused our credentials (or wants some we do not have)."""
+
+
+class NotFound(HTTPStatusError):
+    """Base for the 404s that mean content is gone."""
+
+
+class ManifestUnknown(NotFound):
+    """A manifest or tag the registry does not know (404 MANIFEST_UNKNOWN / NAME_UNKNOWN)."""
+
+
+class BlobUnknown(NotFound):
+    """A blob the registry does not know in this repository (404 BLOB_UNKNOWN)."""
+
+
+class RedirectError(RegistryError):
+    """A redirect we refuse to follow: too many hops, a loop, or a downgrade to plain HTTP."""
+
+
+class IntegrityError(RegistryError):
+    """Bytes were served, but they are not the bytes that were asked for."""
+
+
+class DigestMismatch(IntegrityError):
+    """The bytes hash to another digest."""
+
+
+class SizeMismatch(IntegrityError):
+    """More or fewer bytes than the descriptor says (truncated or overlong)."""
+
+
+class ManifestInvalid(RegistryError):
+    """A manifest that is not valid JSON of a known kind, or refers to invalid digests or names."""
+
+
+class UnsupportedDigest(RegistryError):
+    """A well-formed digest whose algorithm we cannot compute: reported, never guessed."""

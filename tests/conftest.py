@@ -1,0 +1,88 @@
+"""Shared fixtures: the real entry point as a subprocess, and real registries from the one registry lab."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, List
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from registry_lab import ImageSet, LocalRegistry, seed_sentinels  # noqa: E402
+from registry_lab.images import Layer, random_bytes, write_schema1  # noqa: E402
+
+
+@dataclass(frozen=True)
+class PluginRun:
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def lines(self) -> List[str]:
+        return self.stdout.splitlines()
+
+    @property
+    def first(self) -> str:
+        return self.lines[0] if self.lines else ""
+
+
+def run_plugin(*args: str, timeout: float = 120, env: dict | None = None) -> PluginRun:
+    """Run the real entry point, as Icinga would: a fresh process, stdout and the exit code."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "check_registry_deep", *args], capture_output=True, text=True,
+                          timeout=timeout, env=environment, stdin=subprocess.DEVNULL)
+    return PluginRun(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+
+
+@pytest.fixture
+def plugin() -> Callable[..., PluginRun]:
+    return run_plugin
+
+
+@dataclass
+class Lab:
+    """The seeded template storage; `registry()` starts a private copy that a test may damage."""
+
+    storage: Path
+    images: ImageSet
+    schema1_ref: str
+    workdir: Path
+
+    def registry(self, tmp: Path, **kwargs) -> LocalRegistry:
+        template = LocalRegistry(self.workdir, storage=self.storage)
+        return template.clone(tmp, **kwargs).start()
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    workdir = tmp_path_factory.mktemp("lab-template")
+    with LocalRegistry(workdir) as registry:
+        images = seed_sentinels(registry)
+        schema1 = write_schema1(registry, "legacy/schema1", "1", [Layer(random_bytes("schema1", 4096))])
+    yield Lab(registry.storage, images, schema1.ref, workdir)
+
+
+@pytest.fixture(scope="session")
+def pristine(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
+    """A registry on an undamaged copy, shared by the tests that only read."""
+    registry = lab.registry(tmp_path_factory.mktemp("pristine"))
+    yield registry
+    registry.stop()
+
+
+@pytest.fixture
+def damaged(lab: Lab, tmp_path: Path) -> Iterator[LocalRegistry]:
+    """A private registry on a fresh copy of the sentinel storage, for one test to damage."""
+    registry = lab.registry(tmp_path)
+    yield registry
+    registry.stop()
