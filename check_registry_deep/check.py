@@ -104,7 +104,7 @@ def describe(finding: ContentResult) -> str:
     if finding.kind in ("registry", "internal"):
         return reason
     text = f"{finding.kind} {finding.subject}: {reason}"
-    images = [str(t) for t in dict.fromkeys(finding.affected)]
+    images = sorted({str(t) for t in finding.affected})
     if images:
         shown: List[str] = []
         for image in images:

@@ -187,9 +187,9 @@ def verify_body(body: BlobResponse, descriptor: Descriptor, cancelled: threading
     """Verify one open blob body against its descriptor: sizes first, then every byte."""
     size, encoding = descriptor.size, body.content_encoding
     if size is not None and not encoding and body.content_length is not None and body.content_length != size:
-        kind = "truncated" if body.content_length < size else "too long"
-        raise SizeMismatch(f"{kind}: registry declares Content-Length {body.content_length}, "
-                           f"descriptor says {size} bytes")
+        if body.content_length < size:
+            raise SizeMismatch(f"truncated: Content-Length says {body.content_length} of {size} bytes")
+        raise SizeMismatch(f"too long: Content-Length says {body.content_length} bytes, descriptor {size}")
     body.limit = read_limit(size, encoding)
     verifier = StreamVerifier(descriptor.digest, size, encoding)
     while True:

@@ -58,8 +58,8 @@ def test_golden_layer_truncated_names_every_image_built_on_it(plugin, damaged, l
     assert run.first.startswith(f"REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 8 of 9 images: layer "
                                 f"{golden[:19]}… truncated: "), run.first
     line = broken_line(run, golden)
-    assert line.startswith(f"CRITICAL: layer {golden}: truncated: registry declares Content-Length 4096, "
-                           f"descriptor says 1048576 bytes - breaks ")
+    assert line.startswith(f"CRITICAL: layer {golden}: truncated: Content-Length says 4096 of 1048576 bytes - breaks "
+                           "apps/api:1.0, apps/foreign:1.0, apps/legacy:2.0 (linux/386), ")
     for ref in lab.images.referencing(golden):
         assert ref in line
     for platform in ("apps/multi:1.0 (linux/amd64)", "apps/multi:1.0 (linux/arm64/v8)",
