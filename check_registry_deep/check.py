@@ -133,7 +133,7 @@ class ScanSummary(nagiosplugin.Summary):
         foreign = sum(1 for c in scan.content if c.notes)
         if foreign:
             text += f", {foreign} foreign layer{'s' if foreign != 1 else ''} skipped"
-        return text
+        return "; ".join((text,) + scan.notes)
 
     @staticmethod
     def worst(results: nagiosplugin.Results) -> nagiosplugin.state.ServiceState:
@@ -177,6 +177,7 @@ class ScanSummary(nagiosplugin.Summary):
         findings = sorted((r for r in results if r.metric and r.metric.context in ("finding", "deadline")),
                           key=lambda r: -SEVERITY[r.state])
         lines = [f"{str(r.state).upper()}: {r.hint}" for r in findings]
+        lines += [f"note: {note}" for note in scan.notes]
         lines += [f"note: {describe(c)}" for c in scan.content if c.notes]
         if self.verbose_level >= 1:
             lines += self._image_lines(scan)

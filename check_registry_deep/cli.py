@@ -8,12 +8,13 @@ import os
 import sys
 import threading
 import traceback
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from . import __version__
 from .errors import UsageError
-from .reference import ImageRef, Platform
+from .reference import DOMAIN_RE, ImageRef, Platform
 
 NAME = "REGISTRY_DEEP"
 EXIT_UNKNOWN = 3
@@ -50,6 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
              "unknown (default unknown); failures already found stay CRITICAL")
     add("-w", "--warning", metavar="RANGE", default="", help="warning range for the run's wall time in seconds")
     add("-c", "--critical", metavar="RANGE", default="", help="critical range for the run's wall time in seconds")
+    add("--username", metavar="USER", help="user for the --registry (Basic or token auth); the password comes from "
+        "--password-file or the REGISTRY_DEEP_PASSWORD environment variable, never the command line")
+    add("--password-file", metavar="FILE", help="file whose first line is the password for --username")
+    add("--docker-config", metavar="DIR", help="directory holding a docker config.json (auths, credsStore, "
+        "credHelpers, identity tokens); without it and without --username the usual docker config is used")
+    add("--ca-bundle", metavar="FILE", help="CA certificates (PEM) to verify the registry's TLS certificate with, "
+        "instead of the system store")
+    add("--client-cert", metavar="FILE", help="client certificate (PEM) for registries that require one")
+    add("--client-key", metavar="FILE", help="private key (PEM) of --client-cert")
+    add("--insecure", action="store_true", help="do not verify TLS certificates (said in the output)")
+    add("--connect-to", metavar="HOST:PORT", help="connect to this backend (a datacenter's node, the origin behind "
+        "a cache) instead of the --registry host, keeping its Host header and TLS server name")
     add("-v", "--verbose", action="count", default=0,
         help="more output, repeatable: -v a line per image, -vv progress on stderr, -vvv debug on stderr")
     add("-V", "--version", action="version", version=f"check_registry_deep {__version__}")
@@ -110,6 +123,41 @@ def plan_images(registry: Optional[str], texts: Sequence[str]) -> List[Tuple[Ima
     return planned
 
 
+@dataclass(frozen=True)
+class AccessOptions:
+    """How to reach and authenticate to the registries: checked here, used by run.py."""
+
+    registry: Optional[str] = None  # the --registry origin: the only one explicit credentials go to
+    username: Optional[str] = None
+    password_file: Optional[str] = None
+    docker_config: Optional[str] = None
+    ca_bundle: Optional[str] = None
+    client_cert: Optional[str] = None
+    client_key: Optional[str] = None
+    insecure: bool = False
+    connect_to: Optional[str] = None
+
+
+def access_options(options: argparse.Namespace) -> AccessOptions:
+    for flag, path in (("--ca-bundle", options.ca_bundle), ("--client-cert", options.client_cert),
+                       ("--client-key", options.client_key), ("--password-file", options.password_file)):
+        if path and not os.access(path, os.R_OK):
+            raise UsageError(f"cannot read {flag} {path}")
+    if options.client_key and not options.client_cert:
+        raise UsageError("--client-key needs --client-cert")
+    if options.insecure and options.ca_bundle:
+        raise UsageError("--insecure and --ca-bundle contradict each other")
+    if options.connect_to:
+        host, _, port = options.connect_to.rpartition(":")
+        if not port.isdigit() or not DOMAIN_RE.fullmatch(host or "-"):
+            raise UsageError(f"invalid --connect-to {options.connect_to!r}: expected HOST:PORT")
+        if not options.registry:
+            raise UsageError("--connect-to needs --registry")
+    registry = normalize_registry(options.registry) if options.registry else None
+    return AccessOptions(registry, options.username, options.password_file, options.docker_config, options.ca_bundle,
+                         options.client_cert, options.client_key, options.insecure, options.connect_to)
+
+
 def _configure_logging(verbose: int) -> None:
     if verbose >= 2:
         logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(threadName)s %(message)s",
@@ -165,9 +213,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         watchdog = _Watchdog(seconds, timeout_state)
         watchdog.timer.start()
         from .run import run_check  # deferred: requests, tenacity and nagiosplugin cost time at start-up
+        access = access_options(options)
         output, exitcode = run_check(images, seconds=seconds, timeout_state=timeout_state, workers=options.workers,
                                      platforms=platforms, warning=options.warning, critical=options.critical,
-                                     verbose=verbose)
+                                     verbose=verbose, access=access)
     except UsageError as exc:
         output, exitcode = f"{NAME} UNKNOWN - {exc}\n", EXIT_UNKNOWN
     except KeyboardInterrupt:

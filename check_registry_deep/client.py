@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import email.utils
+import http.cookiejar
 import json
 import logging
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Tuple, TypeVar
+from typing import Callable, Iterator, Optional, Tuple, TypeVar, Union
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import requests
 import tenacity
 import urllib3.exceptions
 
 from . import __version__
+from .auth import NO_AUTH, Credentials, RegistryAuth
 from .deadline import Deadline
 from .errors import (
     AuthError,
@@ -23,6 +26,7 @@ from .errors import (
     DeadlineExceeded,
     HTTPStatusError,
     ManifestUnknown,
+    RedirectError,
     RegistryError,
     SizeMismatch,
     TransportError,
@@ -36,6 +40,7 @@ T = TypeVar("T")
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
 MAX_ERROR_BODY = 64 * 1024
+MAX_REDIRECTS = 5
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,33 @@ class RetryPolicy:
         if retry_after is not None:
             return max(0.0, retry_after)
         return min(self.max_wait, self.backoff * 2 ** (attempt - 1))
+
+
+@dataclass(frozen=True)
+class TLSOptions:
+    verify: Union[bool, str] = True  # False with --insecure, a CA bundle path with --ca-bundle
+    cert: Optional[Tuple[str, str]] = None  # client certificate and key
+
+
+class ConnectToAdapter(requests.adapters.HTTPAdapter):
+    """Sends the registry's requests to another HOST:PORT (a datacenter's node, the origin behind a cache),
+    keeping the Host header and, over TLS, the server name and the certificate check of the registry's name."""
+
+    def __init__(self, address: str, origin: SplitResult, **kwargs):
+        self.address = address
+        self.origin = origin
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if self.origin.scheme == "https":
+            kwargs.update(server_hostname=self.origin.hostname, assert_hostname=self.origin.hostname)
+        super().init_poolmanager(*args, **kwargs)
+
+    def send(self, request: requests.PreparedRequest, *args, **kwargs) -> requests.Response:  # type: ignore[override]
+        parts = urlsplit(request.url or "")
+        request.headers["Host"] = parts.netloc
+        request.url = urlunsplit(parts._replace(netloc=self.address))
+        return super().send(request, *args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -111,16 +143,23 @@ class RegistryClient:
     """One registry, one session. Every request gets its timeouts from the run's deadline."""
 
     def __init__(self, base_url: str, deadline: Deadline, *, workers: int = 4,
-                 retry: RetryPolicy = RetryPolicy(), session: Optional[requests.Session] = None):
+                 retry: RetryPolicy = RetryPolicy(), tls: TLSOptions = TLSOptions(),
+                 credentials: Optional[Credentials] = None, connect_to: Optional[str] = None):
         self.base_url = base_url.rstrip("/")
+        self.origin = urlsplit(self.base_url)
         self.deadline = deadline
         self.retry_policy = retry
-        self.session = session or requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=workers + 2, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.max_redirects = 5
+        self.session = requests.Session()
+        self.session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))  # keep none
+        for scheme in ("http://", "https://"):
+            self.session.mount(scheme, requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=workers + 2))
+        if connect_to:
+            self.session.mount(f"{self.base_url}/", ConnectToAdapter(connect_to, self.origin, pool_connections=4,
+                                                                     pool_maxsize=workers + 2))
+        self.session.verify = tls.verify
+        self.session.cert = tls.cert
         self.session.headers.update({"User-Agent": f"check_registry_deep/{__version__}"})
+        self.auth = RegistryAuth(self.base_url, credentials or Credentials(), deadline=deadline)
         self._lock = threading.Lock()
         self.retries = 0
 
@@ -131,20 +170,63 @@ class RegistryClient:
 
     def _send(self, method: str, url: str, *, headers: Optional[dict] = None, stream: bool = False
               ) -> requests.Response:
+        """One request, following redirects by hand and answering one auth challenge."""
+        response = self._follow(method, url, headers, stream)
+        if response.status_code == 401 and self._same_origin(response.url or url):
+            response.close()
+            self.auth.answer(response, url)
+            response = self._follow(method, url, headers, stream)
+            if response.status_code == 401:
+                response.close()
+                raise self.auth.refused("credentials refused")
+        return response
+
+    def _same_origin(self, url: str) -> bool:
+        parts = urlsplit(url)
+        return (parts.scheme, parts.netloc) == (self.origin.scheme, self.origin.netloc)
+
+    def _follow(self, method: str, url: str, headers: Optional[dict], stream: bool) -> requests.Response:
+        """Follow redirects (to a storage backend, say) with a hop limit, refusing loops and https->http.
+
+        Credentials go to the registry's own origin only: any other host gets NO_AUTH, which also keeps
+        requests from reading ~/.netrc for it.
+        """
+        seen = {url}
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._request(method, url, headers, stream,
+                                     self.auth if self._same_origin(url) else NO_AUTH)
+            location = response.headers.get("Location")
+            if response.status_code not in (301, 302, 303, 307, 308) or not location:
+                return response
+            response.close()
+            target = urljoin(url, location)
+            if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
+                raise RedirectError(f"refused a redirect from https to {urlsplit(target).scheme}://"
+                                    f"{urlsplit(target).netloc}: a downgrade")
+            if target in seen:
+                raise RedirectError(f"redirect loop at {urlsplit(target).netloc}{urlsplit(target).path}")
+            seen.add(target)
+            log.debug("%s %s redirected to %s", method, url, urlsplit(target).netloc)
+            url = target
+            if response.status_code == 303 and method != "HEAD":
+                method = "GET"
+        raise RedirectError(f"more than {MAX_REDIRECTS} redirects for {method} {urlsplit(url).path}")
+
+    def _request(self, method: str, url: str, headers: Optional[dict], stream: bool,
+                 auth: requests.auth.AuthBase) -> requests.Response:
         timeout = (self.deadline.timeout(CONNECT_TIMEOUT), self.deadline.timeout(READ_TIMEOUT))
+        where = f"{urlsplit(url).scheme}://{urlsplit(url).netloc}"
         try:
             response = self.session.request(method, url, headers=headers, stream=stream, timeout=timeout,
-                                             allow_redirects=True)
+                                            allow_redirects=False, auth=auth)
         except requests.exceptions.SSLError as exc:
-            raise TransportError(f"TLS failure talking to {self.base_url}: {_reason(exc)}") from None
-        except requests.exceptions.TooManyRedirects:
-            raise TransportError(f"too many redirects for {method} {url}") from None
+            raise TransportError(f"TLS failure talking to {where}: {_reason(exc)}") from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             if self.deadline.expired():
-                raise DeadlineExceeded(f"deadline of {self.deadline.seconds:g}s passed during {method} {url}"
-                                       ) from None
-            raise TransportError(f"{self.base_url} unreachable: {_reason(exc)}") from None
-        log.debug("%s %s -> %s", method, url, response.status_code)
+                raise DeadlineExceeded(f"deadline of {self.deadline.seconds:g}s passed during {method} "
+                                       f"{urlsplit(url).path}") from None
+            raise TransportError(f"{where} unreachable: {_reason(exc)}") from None
+        log.debug("%s %s%s -> %s", method, where, urlsplit(url).path, response.status_code)
         return response
 
     def _raise_for_status(self, response: requests.Response, what: str, not_found: type) -> None:

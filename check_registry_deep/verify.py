@@ -102,6 +102,7 @@ class ScanResult:
     elapsed: float
     retries: int
     interrupted: Optional[DeadlineExceeded] = None
+    notes: Tuple[str, ...] = ()  # about the whole run, e.g. TLS not verified
 
     @property
     def problems(self) -> Tuple[ContentResult, ...]:
