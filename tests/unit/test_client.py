@@ -1,0 +1,393 @@
+"""client.py against mocked HTTP (responses): status mapping, retries within the deadline, headers, caps."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Iterator
+
+import pytest
+import requests
+import responses
+
+from check_registry_deep import client as client_module
+from check_registry_deep.client import RegistryClient, RetryPolicy
+from check_registry_deep.deadline import Deadline
+from check_registry_deep.errors import (
+    AuthError,
+    BlobUnknown,
+    HTTPStatusError,
+    ManifestInvalid,
+    ManifestUnknown,
+    SizeMismatch,
+)
+from check_registry_deep.manifests import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    LAYER,
+    MAX_MANIFEST_BYTES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    SCHEMA1,
+    SCHEMA1_SIGNED,
+    Descriptor,
+)
+from check_registry_deep.reference import Digest
+from check_registry_deep.verify import verify_body
+
+BASE = "http://127.0.0.1:5000"
+BODY = b'{"schemaVersion": 2, "mediaType": "' + DOCKER_MANIFEST.encode() + b'", "layers": []}'
+MANIFEST_URL = f"{BASE}/v2/team/app/manifests/1"
+BLOB = bytes(range(256)) * 40
+BLOB_DIGEST = Digest.of(BLOB)
+BLOB_URL = f"{BASE}/v2/team/app/blobs/{BLOB_DIGEST}"
+FAST = RetryPolicy(attempts=3, backoff=0.01, max_wait=0.05)
+
+
+def errors_body(code: str, message: str) -> str:
+    return json.dumps({"errors": [{"code": code, "message": message, "detail": None}]})
+
+
+@pytest.fixture
+def mock() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield rsps
+
+
+def make_client(seconds: float = 10, retry: RetryPolicy = FAST) -> RegistryClient:
+    return RegistryClient(BASE, Deadline(seconds), retry=retry)
+
+
+def read_blob(client: RegistryClient, digest: Digest = BLOB_DIGEST, limit=None) -> bytes:
+    with client.open_blob("team/app", digest, limit) as body:
+        return b"".join(iter(lambda: body.read(1000), b""))
+
+
+# -- status codes ----------------------------------------------------------------------------------------
+
+def test_manifest_ok(mock):
+    # content_type= rather than a Content-Type header: responses 0.18 would add its text/plain default to it
+    mock.add(responses.GET, MANIFEST_URL, body=BODY, status=200, content_type=DOCKER_MANIFEST,
+             headers={"Docker-Content-Digest": str(Digest.of(BODY))})
+    fetched = make_client().get_manifest("team/app", "1")
+    assert fetched.body == BODY
+    assert fetched.content_type == DOCKER_MANIFEST
+    assert fetched.declared_digest == str(Digest.of(BODY))
+    assert fetched.url == MANIFEST_URL
+
+
+def test_manifest_without_docker_content_digest(mock):
+    mock.add(responses.GET, MANIFEST_URL, body=BODY, status=200, content_type=OCI_MANIFEST)
+    assert make_client().get_manifest("team/app", "1").declared_digest is None
+
+
+def test_blob_unknown_404(mock):
+    mock.add(responses.GET, BLOB_URL, status=404, body=errors_body("BLOB_UNKNOWN", "blob unknown to registry"),
+             content_type="application/json")
+    client = make_client()
+    with pytest.raises(BlobUnknown) as caught:
+        read_blob(client)
+    assert "404 BLOB_UNKNOWN" in str(caught.value)
+    assert str(caught.value) == "404 BLOB_UNKNOWN (blob unknown to registry)"
+    assert caught.value.status == 404
+    assert caught.value.code == "BLOB_UNKNOWN"
+    assert not caught.value.transient
+    assert len(mock.calls) == 1
+
+
+def test_manifest_unknown_404_is_not_retried(mock):
+    mock.add(responses.GET, MANIFEST_URL, status=404,
+             body=errors_body("MANIFEST_UNKNOWN", "manifest unknown"), content_type="application/json")
+    client = make_client()
+    with pytest.raises(ManifestUnknown) as caught:
+        client.get_manifest("team/app", "1")
+    assert "404 MANIFEST_UNKNOWN" in str(caught.value)
+    assert str(caught.value) == "404 MANIFEST_UNKNOWN (manifest unknown)"
+    assert caught.value.code == "MANIFEST_UNKNOWN"
+    assert len(mock.calls) == 1
+    assert client.retries == 0
+
+
+def test_404_without_json_body(mock):
+    mock.add(responses.GET, BLOB_URL, status=404, body="<html>not found</html>", content_type="text/html")
+    with pytest.raises(BlobUnknown) as caught:
+        read_blob(make_client())
+    assert str(caught.value) == "404"
+    assert caught.value.code == ""
+
+
+def test_head_blob_404_names_the_repository(mock):
+    mock.add(responses.HEAD, BLOB_URL, status=404)
+    with pytest.raises(BlobUnknown) as caught:
+        make_client().head_blob("team/app", BLOB_DIGEST)
+    assert str(caught.value).startswith("HEAD in team/app: 404")
+
+
+def test_head_blob_returns_content_length(mock):
+    mock.add(responses.HEAD, BLOB_URL, status=200, headers={"Content-Length": "10240"})
+    assert make_client().head_blob("team/app", BLOB_DIGEST) == 10240
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_refused_is_auth_error(mock, status):
+    mock.add(responses.GET, BLOB_URL, status=status, body=errors_body("DENIED", "requested access is denied"),
+             content_type="application/json")
+    with pytest.raises(AuthError) as caught:
+        read_blob(make_client())
+    assert caught.value.status in (401, 403)
+    assert not caught.value.transient
+
+
+def test_500_is_a_transient_http_status_error(mock):
+    mock.add(responses.GET, BLOB_URL, status=500, body=errors_body("UNKNOWN", "unknown error"),
+             content_type="application/json")
+    with pytest.raises(HTTPStatusError) as caught:
+        read_blob(make_client())
+    error = caught.value
+    assert type(error) is HTTPStatusError
+    assert error.status == 500
+    assert error.transient
+    assert str(error) == "500 UNKNOWN (unknown error)"
+
+
+def test_500_retried_until_attempts_run_out(mock):
+    mock.add(responses.GET, MANIFEST_URL, status=500)
+    client = make_client()
+    with pytest.raises(HTTPStatusError) as caught:
+        client.get_manifest("team/app", "1")
+    assert caught.value.status == 500
+    assert len(mock.calls) == 3
+    assert client.retries == 2
+
+
+@pytest.mark.parametrize("status", [400, 405, 416])
+def test_4xx_not_retried(mock, status):
+    mock.add(responses.GET, MANIFEST_URL, status=status)
+    client = make_client()
+    with pytest.raises(HTTPStatusError) as caught:
+        client.get_manifest("team/app", "1")
+    assert caught.value.status == status
+    assert not caught.value.transient
+    assert len(mock.calls) == 1
+    assert client.retries == 0
+
+
+def test_connection_error_is_transport_error_and_retried(mock):
+    mock.add(responses.GET, MANIFEST_URL, body=requests.exceptions.ConnectionError("refused"))
+    mock.add(responses.GET, MANIFEST_URL, body=BODY, status=200)
+    client = make_client()
+    assert client.get_manifest("team/app", "1").body == BODY
+    assert client.retries == 1
+
+
+# -- retries ---------------------------------------------------------------------------------------------
+
+def test_503_then_200_succeeds_with_one_retry(mock):
+    mock.add(responses.GET, BLOB_URL, status=503)
+    mock.add(responses.GET, BLOB_URL, body=BLOB, status=200)
+    client = make_client()
+    data, retries = client.with_retries(lambda: read_blob(client), "blob")
+    assert data == BLOB
+    assert retries == 1
+    assert client.retries == 1
+    assert len(mock.calls) == 2
+
+
+def test_manifest_503_then_200_counts_on_the_client(mock):
+    mock.add(responses.GET, MANIFEST_URL, status=503)
+    mock.add(responses.GET, MANIFEST_URL, body=BODY, status=200)
+    client = make_client()
+    assert client.get_manifest("team/app", "1").body == BODY
+    assert client.retries == 1
+    assert len(mock.calls) == 2
+
+
+def test_retry_counter_is_shared_across_threads():
+    client = make_client()
+
+    def flaky_once():
+        failed = []
+
+        def operation() -> str:
+            if not failed:
+                failed.append(True)
+                raise HTTPStatusError("503", 503)
+            return "done"
+        return operation
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(client.with_retries(flaky_once(), "op")))
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [("done", 1)] * 8
+    assert client.retries == 8
+
+
+def test_429_retry_after_is_honoured(mock):
+    mock.add(responses.GET, MANIFEST_URL, status=429, headers={"Retry-After": "1"},
+             body=errors_body("TOOMANYREQUESTS", "slow down"), content_type="application/json")
+    mock.add(responses.GET, MANIFEST_URL, body=BODY, status=200)
+    client = make_client(retry=RetryPolicy(attempts=3, backoff=0.01))
+    started = time.monotonic()
+    assert client.get_manifest("team/app", "1").body == BODY
+    waited = time.monotonic() - started
+    assert 0.95 <= waited < 2.0  # generous above: a loaded CI machine is slow, never early
+    assert client.retries == 1
+
+
+def test_retry_after_beyond_the_deadline_is_not_waited_for(mock):
+    mock.add(responses.GET, MANIFEST_URL, status=429, headers={"Retry-After": "30"})
+    mock.add(responses.GET, MANIFEST_URL, body=BODY, status=200)
+    client = make_client(seconds=5)
+    started = time.monotonic()
+    with pytest.raises(HTTPStatusError) as caught:
+        client.get_manifest("team/app", "1")
+    assert time.monotonic() - started < 1.0
+    assert caught.value.status == 429
+    assert caught.value.retry_after == 30.0
+    assert len(mock.calls) == 1
+    assert client.retries == 0
+
+
+def test_backoff_beyond_the_deadline_is_not_waited_for(mock):
+    mock.add(responses.GET, MANIFEST_URL, status=503)
+    client = make_client(seconds=5, retry=RetryPolicy(attempts=5, backoff=10.0, max_wait=30.0))
+    started = time.monotonic()
+    with pytest.raises(HTTPStatusError):
+        client.get_manifest("team/app", "1")
+    assert time.monotonic() - started < 1.0
+    assert len(mock.calls) == 1
+
+
+def test_integrity_errors_are_never_retried(mock):
+    mock.add(responses.GET, MANIFEST_URL, body=b"{" * (MAX_MANIFEST_BYTES + 1), status=200)
+    client = make_client()
+    with pytest.raises(SizeMismatch):
+        client.get_manifest("team/app", "1")
+    assert len(mock.calls) == 1
+    assert client.retries == 0
+
+
+def test_retry_policy_wait_for():
+    policy = RetryPolicy(attempts=5, backoff=0.5, max_wait=3.0)
+    transient = HTTPStatusError("503", 503)
+    assert [policy.wait_for(transient, n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 3.0]
+    assert policy.wait_for(HTTPStatusError("429", 429, retry_after=7.0), 1) == 7.0
+    assert policy.wait_for(HTTPStatusError("429", 429, retry_after=-3.0), 1) == 0.0
+
+
+def test_retry_after_header_forms():
+    assert client_module._retry_after("1") == 1.0
+    assert client_module._retry_after(" 120 ") == 120.0
+    assert client_module._retry_after(None) is None
+    assert client_module._retry_after("") is None
+    assert client_module._retry_after("soon") is None
+    assert client_module._retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    later = client_module._retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60)))
+    assert later is not None and 55 <= later <= 61
+
+
+@pytest.mark.parametrize("status, transient", [(408, True), (429, True), (500, True), (502, True), (503, True),
+                                               (504, True), (400, False), (404, False), (409, False)])
+def test_transient_statuses(status, transient):
+    assert HTTPStatusError("x", status).transient is transient
+
+
+# -- what we send ----------------------------------------------------------------------------------------
+
+def test_manifest_accept_header_lists_every_type_schema1_last(mock):
+    mock.add(responses.GET, MANIFEST_URL, body=BODY, status=200)
+    make_client().get_manifest("team/app", "1")
+    accept = mock.calls[0].request.headers["Accept"]
+    types = [part.split(";")[0].strip() for part in accept.split(",")]
+    for media_type in (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST, SCHEMA1_SIGNED, SCHEMA1):
+        assert media_type in types
+    assert set(types[-2:]) == {SCHEMA1_SIGNED, SCHEMA1}
+    assert types.index(SCHEMA1_SIGNED) > types.index(DOCKER_MANIFEST)
+    assert mock.calls[0].request.headers["User-Agent"].startswith("check_registry_deep/")
+
+
+def test_blob_asks_for_identity_encoding(mock):
+    mock.add(responses.GET, BLOB_URL, body=BLOB, status=200)
+    assert read_blob(make_client()) == BLOB
+    assert mock.calls[0].request.headers["Accept-Encoding"] == "identity"
+    assert mock.calls[0].request.url == BLOB_URL
+
+
+def test_blob_body_is_read_raw_even_when_gzip_encoded(mock):
+    import gzip
+
+    encoded = gzip.compress(BLOB, mtime=0)
+    mock.add(responses.GET, BLOB_URL, body=encoded, status=200, headers={"Content-Encoding": "gzip"})
+    client = make_client()
+    with client.open_blob("team/app", BLOB_DIGEST, None) as body:
+        assert body.content_encoding == "gzip"
+        data = b"".join(iter(lambda: body.read(1000), b""))
+    assert data == encoded
+
+
+def test_blob_read_never_exceeds_the_limit(mock):
+    mock.add(responses.GET, BLOB_URL, body=BLOB, status=200)
+    client = make_client()
+    with client.open_blob("team/app", BLOB_DIGEST, 101) as body:
+        data = b"".join(iter(lambda: body.read(64), b""))
+        assert body.received == 101
+    assert data == BLOB[:101]
+
+
+def test_invalid_repository_never_reaches_a_url(mock):
+    client = make_client()
+    with pytest.raises(ManifestInvalid):
+        client.get_manifest("team/../../admin", "1")
+    with pytest.raises(ManifestInvalid), client.open_blob("../x", BLOB_DIGEST, None):
+        pass  # pragma: no cover
+    assert len(mock.calls) == 0
+
+
+# -- the manifest cap ------------------------------------------------------------------------------------
+
+def test_manifest_over_4_mib_is_size_mismatch(mock):
+    mock.add(responses.GET, MANIFEST_URL, body=b" " * (MAX_MANIFEST_BYTES + 1), status=200)
+    with pytest.raises(SizeMismatch) as caught:
+        make_client().get_manifest("team/app", "1")
+    assert str(caught.value) == "manifest exceeds the 4 MiB cap"
+
+
+def test_manifest_of_exactly_4_mib_is_read(mock):
+    mock.add(responses.GET, MANIFEST_URL, body=b" " * MAX_MANIFEST_BYTES, status=200)
+    assert len(make_client().get_manifest("team/app", "1").body) == MAX_MANIFEST_BYTES
+
+
+# -- a blob through the client and verify_body -----------------------------------------------------------
+
+def test_blob_end_to_end_ok(mock):
+    mock.add(responses.GET, BLOB_URL, body=BLOB, status=200)
+    client = make_client()
+    descriptor = Descriptor("application/octet-stream", BLOB_DIGEST, len(BLOB), LAYER)
+    with client.open_blob("team/app", BLOB_DIGEST, len(BLOB) + 1) as body:
+        assert verify_body(body, descriptor, threading.Event(), client.deadline, chunk_size=1000) == ()
+        assert body.received == len(BLOB)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: 'Content-Encoding: identity' is treated as an encoding "
+                                       "(BlobResponse.content_encoding / verify_body): the Content-Length check is "
+                                       "skipped, up to size + size//64 + 64 KiB is read instead of size + 1, and a "
+                                       "truncated blob is reported as 'neither the raw bytes nor the decoded bytes "
+                                       "hash' instead of 'truncated: got X of Y bytes'")
+def test_content_encoding_identity_is_no_encoding(mock):
+    descriptor = Descriptor("application/octet-stream", BLOB_DIGEST, len(BLOB), LAYER)
+    client = make_client()
+    mock.add(responses.GET, BLOB_URL, body=BLOB[:1000], status=200, headers={"Content-Encoding": "identity"})
+    with client.open_blob("team/app", BLOB_DIGEST, None) as body, pytest.raises(SizeMismatch) as caught:
+        verify_body(body, descriptor, threading.Event(), client.deadline)
+    assert str(caught.value) == f"truncated: got 1000 of {len(BLOB)} bytes"
+    mock.replace(responses.GET, BLOB_URL, body=BLOB + bytes(100_000), status=200,
+                 headers={"Content-Encoding": "identity"})
+    with client.open_blob("team/app", BLOB_DIGEST, None) as body:
+        with pytest.raises(SizeMismatch):
+            verify_body(body, descriptor, threading.Event(), client.deadline)
+        assert body.received == len(BLOB) + 1
