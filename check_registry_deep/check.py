@@ -140,7 +140,10 @@ class ScanSummary(nagiosplugin.Summary):
         return max((r.state for r in results), key=SEVERITY.__getitem__, default=nagiosplugin.Ok)
 
     def ok(self, results: nagiosplugin.Results) -> str:
-        return self._totals(self._scan(results))
+        scan = self._scan(results)
+        if scan.interrupted is not None:  # -t N:ok: still say the run was cut short, and where
+            return _cut(str(scan.interrupted), MAX_SUMMARY)
+        return self._totals(scan)
 
     def problem(self, results: nagiosplugin.Results) -> str:
         scan = self._scan(results)

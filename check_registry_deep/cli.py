@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -168,10 +169,10 @@ def _configure_logging(verbose: int) -> None:
 class _Watchdog:
     """Prints a status line and exits if the run overstays its deadline, whatever it is blocked on."""
 
-    def __init__(self, seconds: float, state: str):
+    def __init__(self, left: float, seconds: float, state: str):
         self.lock = threading.Lock()
         self.done = False
-        self.timer = threading.Timer(seconds + WATCHDOG_GRACE, self._fire, args=(seconds, state))
+        self.timer = threading.Timer(max(0.0, left) + WATCHDOG_GRACE, self._fire, args=(seconds, state))
         self.timer.daemon = True
 
     def _fire(self, seconds: float, state: str) -> None:
@@ -196,6 +197,7 @@ class _Watchdog:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    started = time.monotonic()  # -t counts from here, imports included
     verbose = 0
     watchdog = None
     try:
@@ -210,15 +212,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             texts += read_images_file(path)
         images = plan_images(options.registry, texts)
         platforms = [Platform.parse(p) for p in options.platform]
-        watchdog = _Watchdog(seconds, timeout_state)
+        watchdog = _Watchdog(seconds - (time.monotonic() - started), seconds, timeout_state)
         watchdog.timer.start()
         from .run import run_check  # deferred: requests, tenacity and nagiosplugin cost time at start-up
         access = access_options(options)
         output, exitcode = run_check(images, seconds=seconds, timeout_state=timeout_state, workers=options.workers,
                                      platforms=platforms, warning=options.warning, critical=options.critical,
-                                     verbose=verbose, access=access)
-    except UsageError as exc:
-        output, exitcode = f"{NAME} UNKNOWN - {exc}\n", EXIT_UNKNOWN
+                                     verbose=verbose, access=access, started=started)
+    except UsageError as exc:  # user input may hold a |, which Nagios would read as the start of perfdata
+        output, exitcode = f"{NAME} UNKNOWN - {exc}\n".replace("|", "/"), EXIT_UNKNOWN
     except KeyboardInterrupt:
         output, exitcode = f"{NAME} UNKNOWN - interrupted\n", EXIT_UNKNOWN
     except Exception as exc:  # the last line of defence: one line, and a traceback only at -vvv

@@ -29,6 +29,7 @@ from .errors import (
     RedirectError,
     RegistryError,
     SizeMismatch,
+    TLSError,
     TransportError,
 )
 from .manifests import ACCEPT, MAX_MANIFEST_BYTES
@@ -103,7 +104,8 @@ class BlobResponse:
         self.received = 0
         header = response.headers.get("Content-Length")
         self.content_length = int(header) if header and header.isdigit() else None
-        self.content_encoding = response.headers.get("Content-Encoding", "").strip().lower() or None
+        encoding = response.headers.get("Content-Encoding", "").strip().lower()
+        self.content_encoding = None if encoding in ("", "identity") else encoding
 
     def read(self, size: int) -> bytes:
         if self.limit is not None:
@@ -156,8 +158,7 @@ class RegistryClient:
         if connect_to:
             self.session.mount(f"{self.base_url}/", ConnectToAdapter(connect_to, self.origin, pool_connections=4,
                                                                      pool_maxsize=workers + 2))
-        self.session.verify = tls.verify
-        self.session.cert = tls.cert
+        self.tls = tls
         self.session.headers.update({"User-Agent": f"check_registry_deep/{__version__}"})
         self.auth = RegistryAuth(self.base_url, credentials or Credentials(), deadline=deadline)
         self._lock = threading.Lock()
@@ -217,10 +218,12 @@ class RegistryClient:
         timeout = (self.deadline.timeout(CONNECT_TIMEOUT), self.deadline.timeout(READ_TIMEOUT))
         where = f"{urlsplit(url).scheme}://{urlsplit(url).netloc}"
         try:
+            # verify and cert per request: a session's settings lose to REQUESTS_CA_BUNDLE in the environment
             response = self.session.request(method, url, headers=headers, stream=stream, timeout=timeout,
-                                            allow_redirects=False, auth=auth)
+                                            allow_redirects=False, auth=auth, verify=self.tls.verify,
+                                            cert=self.tls.cert)
         except requests.exceptions.SSLError as exc:
-            raise TransportError(f"TLS failure talking to {where}: {_reason(exc)}") from None
+            raise TLSError(f"TLS failure talking to {where}: {_reason(exc)}") from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             if self.deadline.expired():
                 raise DeadlineExceeded(f"deadline of {self.deadline.seconds:g}s passed during {method} "

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 from .errors import DeadlineExceeded
 
 
 class Deadline:
-    def __init__(self, seconds: float, clock=time.monotonic):
+    def __init__(self, seconds: float, clock=time.monotonic, started: Optional[float] = None):
         self._clock = clock
         self.seconds = seconds
-        self.started = clock()
+        self.started = clock() if started is None else started
         self.at = self.started + seconds
 
     def remaining(self) -> float:

@@ -38,6 +38,12 @@ class TransportError(RegistryError):
     transient = True
 
 
+class TLSError(TransportError):
+    """The TLS handshake failed (untrusted certificate, wrong name, client certificate refused): not transient."""
+
+    transient = False
+
+
 class HTTPStatusError(RegistryError):
     """An HTTP status the registry should not have answered."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import nagiosplugin
@@ -21,14 +21,15 @@ from .verify import Scanner
 
 def run_check(images: Sequence[Tuple[ImageRef, str]], *, seconds: float, timeout_state: str = "unknown",
               workers: int = 4, platforms: Sequence[Platform] = (), warning: str = "", critical: str = "",
-              verbose: int = 0, access: AccessOptions = AccessOptions()) -> Tuple[str, int]:
+              verbose: int = 0, access: AccessOptions = AccessOptions(), started: Optional[float] = None
+              ) -> Tuple[str, int]:
     """Run the whole check; returns the plugin's output and exit code."""
     for name, spec in (("--warning", warning), ("--critical", critical)):
         try:
             nagiosplugin.Range(spec)
         except ValueError as exc:
             raise UsageError(f"invalid {name} range {spec!r}: {exc}") from None
-    deadline = Deadline(seconds)
+    deadline = Deadline(seconds, started=started)
     clients: Dict[str, RegistryClient] = {}
 
     tls = TLSOptions(verify=False if access.insecure else (access.ca_bundle or True),

@@ -144,8 +144,10 @@ class StreamVerifier:
         assert self._decoder is not None and self.decoded is not None
         try:
             while data:
-                room = 0 if self._decoded_cap is None else self._decoded_cap - self.decoded_length
-                if self._decoded_cap is not None and room <= 0:
+                # inflate in bounded pieces (zlib reads a max_length of 0 as "no limit")
+                room = CHUNK_SIZE if self._decoded_cap is None else min(CHUNK_SIZE,
+                                                                        self._decoded_cap - self.decoded_length)
+                if room <= 0:
                     return  # past size + 1: it cannot match any more; stop inflating (gzip bombs end here)
                 out = self._decoder.decompress(data, room)
                 self.decoded.update(out)

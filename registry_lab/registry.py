@@ -34,20 +34,21 @@ class LocalRegistry:
     """docker-registry serving `storage` on 127.0.0.1:<free port>; a context manager that always stops it."""
 
     def __init__(self, workdir: Path, *, storage: Optional[Path] = None, config: Optional[dict] = None,
-                 port: Optional[int] = None):
+                 port: Optional[int] = None, tls: bool = False):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.storage = Path(storage) if storage else self.workdir / "storage"
         self.storage.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.extra_config = config or {}
+        self.tls = tls  # the config carries http.tls: serve https, and probe it without verification
         self.log_path = self.workdir / "registry.log"
         self.process: Optional[subprocess.Popen] = None
         self.session = requests.Session()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def host(self) -> str:
@@ -64,7 +65,7 @@ class LocalRegistry:
             # 2.8 refuses foreign layers unless their URLs are allowed; the sentinels carry one
             "validation": {"manifests": {"urls": {"allow": ["^https://foreign\\.invalid/"]}}},
         }
-        for key, value in self.extra_config.items():
+        for key, value in self.extra_config.items():  # one level deep: http.tls joins http.addr
             if isinstance(value, dict) and isinstance(config.get(key), dict):
                 config[key] = {**config[key], **value}  # type: ignore[dict-item]
             else:
@@ -84,9 +85,12 @@ class LocalRegistry:
                 raise RuntimeError(f"docker-registry exited with {self.process.returncode}: "
                                    f"{self.log_path.read_text()[-2000:]}")
             try:
+                if self.tls:  # it may want a client certificate: a listening port is enough
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    return self
                 if self.session.get(f"{self.url}/v2/", timeout=1).status_code in (200, 401):
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, OSError):
                 pass
             time.sleep(0.05)
         self.stop()

@@ -208,10 +208,7 @@ DEADLINE = "deadline of 5s passed while verifying blobs (1 of 3 done)"
 
 @pytest.mark.parametrize("timeout_state, word, code", [
     ("unknown", "UNKNOWN", 3), ("critical", "CRITICAL", 2), ("warning", "WARNING", 1),
-    pytest.param("ok", "OK", 0, marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: with -t SECONDS:ok an interrupted run prints the OK totals ('2 images, 3 blobs, ... verified') on "
-        "line 1 and does not name the deadline or its stage (ScanSummary.ok ignores the deadline result), "
-        "though the contract wants the stage named; the run looks complete")))])
+    ("ok", "OK", 0)])
 def test_timeout_state(timeout_state, word, code):
     output, exitcode, _ = run(scan_of(interrupted=DeadlineExceeded(DEADLINE)), timeout_state=timeout_state)
     lines = output.splitlines()

@@ -106,9 +106,6 @@ def test_usage_errors_print_no_traceback(capsys):
     assert "Traceback" not in captured.out + captured.err
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cli.main prints UsageError text as is; a '|' from the user's input "
-                                       "(here an image ref) lands on line 1 and Nagios reads the rest as perfdata "
-                                       "(the internal-error path replaces '|', the usage path does not)")
 def test_usage_error_line_has_no_pipe(capsys):
     line = usage_line(capsys, ["-R", REGISTRY, "-i", "team/app|x"])
     assert "|" not in line

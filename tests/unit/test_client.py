@@ -373,11 +373,6 @@ def test_blob_end_to_end_ok(mock):
         assert body.received == len(BLOB)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: 'Content-Encoding: identity' is treated as an encoding "
-                                       "(BlobResponse.content_encoding / verify_body): the Content-Length check is "
-                                       "skipped, up to size + size//64 + 64 KiB is read instead of size + 1, and a "
-                                       "truncated blob is reported as 'neither the raw bytes nor the decoded bytes "
-                                       "hash' instead of 'truncated: got X of Y bytes'")
 def test_content_encoding_identity_is_no_encoding(mock):
     descriptor = Descriptor("application/octet-stream", BLOB_DIGEST, len(BLOB), LAYER)
     client = make_client()

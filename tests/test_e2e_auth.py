@@ -1,0 +1,207 @@
+"""End to end: authentication, TLS, redirects and --connect-to against real docker-registry instances."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+
+import pytest
+
+from registry_lab.secure import BlobStore, CertificateAuthority, RedirectingFront, TokenIssuer, htpasswd
+
+pytestmark = pytest.mark.e2e
+
+PASSWORD = "s3cret-Pa55-do-not-print"
+REFS = ["base/golden:1", "apps/multi:1.0"]
+
+
+def image_args(refs=REFS):
+    return [arg for ref in refs for arg in ("-i", ref)]
+
+
+def password_file(tmp_path, password=PASSWORD):
+    path = tmp_path / "password"
+    path.write_text(password + "\n")
+    return str(path)
+
+
+def assert_no_secret(run, secret=PASSWORD):
+    assert secret not in run.stdout and secret not in run.stderr
+    assert base64.b64encode(f"alice:{secret}".encode()).decode() not in run.stdout + run.stderr
+
+
+@pytest.fixture
+def basic_registry(lab, tmp_path):
+    users = htpasswd(tmp_path / "htpasswd", {"alice": PASSWORD})
+    registry = lab.registry(tmp_path / "registry", config={"auth": {"htpasswd": {"realm": "lab", "path": str(users)}}})
+    yield registry
+    registry.stop()
+
+
+@pytest.fixture
+def token_registry(lab, tmp_path):
+    with TokenIssuer(tmp_path, {"alice": PASSWORD}) as issuer:
+        registry = lab.registry(tmp_path / "registry", config=issuer.registry_config())
+        yield registry, issuer
+        registry.stop()
+
+
+def test_basic_auth_with_password_file(plugin, basic_registry, tmp_path):
+    run = plugin("-R", basic_registry.url, *image_args(), "--username", "alice", "--password-file",
+                 password_file(tmp_path))
+    assert run.code == 0, run.stdout
+    assert run.first.startswith("REGISTRY_DEEP OK - 2 images, 6 blobs, "), run.first
+
+
+def test_basic_auth_with_environment_variable(plugin, basic_registry):
+    run = plugin("-R", basic_registry.url, *image_args(), "--username", "alice",
+                 env={"REGISTRY_DEEP_PASSWORD": PASSWORD})
+    assert run.code == 0, run.stdout
+
+
+def test_wrong_password_is_critical_and_never_printed_even_at_vvv(plugin, basic_registry, tmp_path):
+    wrong = "wr0ng-Secret-value"
+    run = plugin("-R", basic_registry.url, *image_args(), "--username", "alice", "--password-file",
+                 password_file(tmp_path, wrong), "-vvv")
+    assert run.code == 2
+    assert f"authentication refused by {basic_registry.url} for user alice" in run.first, run.first
+    assert_no_secret(run, wrong)
+
+
+def test_no_credentials_is_critical(plugin, basic_registry, tmp_path):
+    run = plugin("-R", basic_registry.url, *image_args(), env={"HOME": str(tmp_path), "DOCKER_CONFIG": str(tmp_path)})
+    assert run.code == 2
+    assert f"authentication refused by {basic_registry.url} for anonymous access" in run.first, run.first
+
+
+def test_docker_config_auths(plugin, basic_registry, tmp_path):
+    auth = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+    (tmp_path / "config.json").write_text(json.dumps({"auths": {basic_registry.host: {"auth": auth}}}))
+    run = plugin("-R", basic_registry.url, *image_args(), "--docker-config", str(tmp_path), "-vvv")
+    assert run.code == 0, run.stdout
+    assert_no_secret(run)
+    # the usual location is used when no credentials are given
+    run = plugin("-R", basic_registry.url, *image_args(), env={"DOCKER_CONFIG": str(tmp_path)})
+    assert run.code == 0, run.stdout
+
+
+def test_docker_config_credential_helper_on_path(plugin, basic_registry, tmp_path):
+    helper = tmp_path / "bin" / "docker-credential-lab"
+    helper.parent.mkdir()
+    answer = json.dumps({"ServerURL": "%s", "Username": "alice", "Secret": PASSWORD})
+    helper.write_text(f"#!/bin/sh\nread server\nprintf '{answer}' \"$server\"\n")
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    config = tmp_path / "docker"
+    config.mkdir()
+    (config / "config.json").write_text(json.dumps({"credHelpers": {basic_registry.host: "lab"}}))
+    run = plugin("-R", basic_registry.url, *image_args(), "--docker-config", str(config), "-vvv",
+                 env={"PATH": f"{helper.parent}:{os.environ['PATH']}"})
+    assert run.code == 0, run.stdout + run.stderr
+    assert_no_secret(run)
+
+
+def test_token_auth(plugin, token_registry, tmp_path):
+    registry, issuer = token_registry
+    run = plugin("-R", registry.url, *image_args(), "--username", "alice", "--password-file", password_file(tmp_path))
+    assert run.code == 0, run.stdout
+    scopes = [r["path"] for r in issuer.requests]
+    assert any("scope=repository%3Aapps%2Fmulti%3Apull" in s for s in scopes), scopes
+    # one token per repository, reused for every blob: far fewer token requests than blob requests
+    assert len(issuer.requests) <= 4, scopes
+
+
+def test_token_auth_refused(plugin, token_registry, tmp_path):
+    registry, _ = token_registry
+    run = plugin("-R", registry.url, *image_args(), "--username", "alice", "--password-file",
+                 password_file(tmp_path, "nope-Nope"), "-vvv")
+    assert run.code == 2
+    assert f"authentication refused by {registry.url} for user alice: token service answered 401" in run.first
+    assert_no_secret(run, "nope-Nope")
+
+
+def test_anonymous_token_flow(plugin, lab, tmp_path):
+    with TokenIssuer(tmp_path, {}, anonymous=True) as issuer:
+        registry = lab.registry(tmp_path / "registry", config=issuer.registry_config())
+        try:
+            run = plugin("-R", registry.url, *image_args(), env={"DOCKER_CONFIG": str(tmp_path)})
+        finally:
+            registry.stop()
+    assert run.code == 0, run.stdout
+    assert all("Authorization" not in r for r in issuer.requests)
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory):
+    return CertificateAuthority(tmp_path_factory.mktemp("ca"))
+
+
+def tls_registry(lab, tmp_path, ca, *, client_certs=False):
+    cert, key = ca.issue("registry")
+    tls = {"certificate": str(cert), "key": str(key)}
+    if client_certs:
+        tls["clientcas"] = [str(ca.cert)]
+    registry = lab.registry(tmp_path / "registry", config={"http": {"tls": tls}}, tls=True)
+    return registry
+
+
+def test_tls_with_private_ca(plugin, lab, tmp_path, ca):
+    registry = tls_registry(lab, tmp_path, ca)
+    try:
+        good = plugin("-R", registry.url, *image_args(), "--ca-bundle", str(ca.cert))
+        bad = plugin("-R", registry.url, *image_args())
+        insecure = plugin("-R", registry.url, *image_args(), "--insecure")
+    finally:
+        registry.stop()
+    assert registry.url.startswith("https://")
+    assert good.code == 0, good.stdout
+    assert bad.code == 2
+    assert f"TLS failure talking to {registry.url}: " in bad.first and "certificate verify failed" in bad.first, \
+        bad.first
+    assert insecure.code == 0
+    assert "; TLS certificates NOT verified (--insecure)" in insecure.first
+    assert "note: TLS certificates NOT verified (--insecure)" in insecure.lines
+
+
+def test_tls_with_required_client_certificate(plugin, lab, tmp_path, ca):
+    registry = tls_registry(lab, tmp_path, ca, client_certs=True)
+    cert, key = ca.issue("monitoring", client=True)
+    try:
+        good = plugin("-R", registry.url, *image_args(), "--ca-bundle", str(ca.cert), "--client-cert", str(cert),
+                      "--client-key", str(key))
+        bad = plugin("-R", registry.url, *image_args(), "--ca-bundle", str(ca.cert))
+    finally:
+        registry.stop()
+    assert good.code == 0, good.stdout
+    assert bad.code == 2
+    assert bad.first.startswith("REGISTRY_DEEP CRITICAL - "), bad.first
+
+
+def test_redirect_to_storage_backend_gets_no_credentials(plugin, basic_registry, tmp_path):
+    with BlobStore(basic_registry.blob_path) as store, RedirectingFront(basic_registry.url, store.url) as front:
+        run = plugin("-R", front.url, *image_args(), "--username", "alice", "--password-file",
+                     password_file(tmp_path))
+    assert run.code == 0, run.stdout
+    assert len(store.requests) == 6  # every unique blob came from the backend...
+    assert all("Authorization" not in r and "Cookie" not in r for r in store.requests)  # ...without credentials
+    assert any("Authorization" in r for r in front.requests)
+
+
+def test_redirect_loop_is_critical(plugin, pristine, tmp_path):
+    with RedirectingFront(pristine.url, "http://127.0.0.1:1") as front:
+        front.redirect = lambda path: f"{front.url}{path}"
+        run = plugin("-R", front.url, "-i", "base/golden:1")
+    assert run.code == 2
+    assert "redirect loop at 127.0.0.1:" in run.stdout, run.stdout
+
+
+def test_connect_to_reaches_another_backend(plugin, lab, pristine, damaged):
+    damaged.truncate_blob(lab.images.golden.digest, 100)
+    direct = plugin("-R", pristine.url, *image_args())
+    via = plugin("-R", pristine.url, *image_args(), "--connect-to", damaged.host)
+    assert direct.code == 0
+    assert via.code == 2
+    assert via.first.startswith("REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 2 of 2 images: "), via.first
+    ours = [e for e in damaged.access_log() if "check_registry_deep/" in e["agent"]]
+    assert ours, "the damaged backend saw no request"
