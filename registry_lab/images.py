@@ -177,3 +177,39 @@ def seed_sentinels(registry: LocalRegistry, *, golden_size: int = 1 << 20, own_s
     images["foreign"] = push_image(registry, "apps/foreign", "1.0", [golden], foreign=[own("foreign")],
                                    foreign_urls=["https://foreign.invalid/layer.tar.gz"])
     return ImageSet(images, golden)
+
+
+# -- the benchmark's perf set ----------------------------------------------------------------------------
+
+#: Own-layer sizes (MiB) of the perf set's eight images, on top of a 64 MiB golden layer: 278 MiB unique.
+PERF_OWN_MIB = (20, 22, 24, 26, 28, 30, 32, 32)
+
+
+def mount_image(registry: LocalRegistry, source: Image, repository: str, tag: str) -> Image:
+    """The same manifest in another repository, its blobs cross-mounted (no upload): a copy sharing every blob."""
+    for digest in source.blobs:
+        response = registry.session.post(f"{registry.url}/v2/{repository}/blobs/uploads/",
+                                          params={"mount": digest, "from": source.repository}, timeout=30)
+        if response.status_code != 201:
+            raise RuntimeError(f"mounting {digest} into {repository} failed: {response.status_code}")
+    digest = registry.push_manifest(repository, tag, _manifest_bytes(registry, source), source.media_type)
+    return Image(repository, tag, digest, source.media_type, source.blobs)
+
+
+def seed_perf_set(registry: LocalRegistry, *, prefix: str = "perf", scale: float = 1.0, copies: int = 1,
+                  seed: str = "perf") -> ImageSet:
+    """Eight images sharing a golden layer (64 MiB x scale) plus own layers (PERF_OWN_MIB x scale).
+
+    `copies` > 1 adds that many times eight more images in other repositories referencing the very same blobs
+    (more images, same unique bytes); they are named app-<i>-copy<c>, after the eight app-<i>.
+    """
+    golden = Layer(random_bytes(f"{seed}-golden", int((64 << 20) * scale)))
+    images: Dict[str, Image] = {}
+    for i, mib in enumerate(PERF_OWN_MIB):
+        own = Layer(random_bytes(f"{seed}-own-{i}", int((mib << 20) * scale)))
+        images[f"app-{i}"] = push_image(registry, f"{prefix}/app-{i}", "1", [golden, own])
+    for copy in range(1, copies):
+        for i in range(len(PERF_OWN_MIB)):
+            images[f"app-{i}-copy{copy}"] = mount_image(registry, images[f"app-{i}"], f"{prefix}/copy{copy}/app-{i}",
+                                                        "1")
+    return ImageSet(images, golden)
