@@ -8,12 +8,12 @@ the notification itself.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, List, Sequence
+from typing import Callable, Dict, Iterator, List, Sequence
 
 import nagiosplugin
 
 from .errors import DeadlineExceeded, InternalError, UnsupportedDigest
-from .verify import ContentResult, ScanResult, Target
+from .verify import SKIPPED, ContentResult, ScanResult, Target
 
 NAME = "REGISTRY_DEEP"
 MAX_OUTPUT = 8000  # Nagios cuts plugin output at 8 KiB
@@ -63,6 +63,8 @@ class RegistryScan(nagiosplugin.Resource):
         yield nagiosplugin.Metric("failed", len(failed), min=0, context="count")
         yield nagiosplugin.Metric("retries", result.retries, min=0, context="count")
         yield nagiosplugin.Metric("time", round(result.elapsed, 3), "s", min=0, context="time")
+        if result.oldest_verification is not None:
+            yield nagiosplugin.Metric("oldest", round(result.oldest_verification), "s", min=0, context="count")
         for i, finding in enumerate(result.problems):
             yield nagiosplugin.Metric(f"finding{i}", finding, context="finding")
         if result.interrupted is not None:
@@ -77,16 +79,28 @@ class FindingContext(nagiosplugin.Context):
         self.timeout_state = timeout_state
 
     def evaluate(self, metric: nagiosplugin.Metric, resource: nagiosplugin.Resource) -> nagiosplugin.Result:
-        finding: ContentResult = metric.value
-        if finding.error is None:
-            state = nagiosplugin.Warn
-        elif isinstance(finding.error, DeadlineExceeded):
-            state = self.timeout_state
-        elif isinstance(finding.error, (UnsupportedDigest, InternalError)):
-            state = nagiosplugin.Unknown
-        else:
-            state = nagiosplugin.Critical
-        return self.result_cls(state, describe(finding), metric)
+        return self.result_cls(judge(metric.value, self.timeout_state), describe(metric.value), metric)
+
+
+def judge(finding: ContentResult, timeout_state: nagiosplugin.state.ServiceState = nagiosplugin.Unknown
+          ) -> nagiosplugin.state.ServiceState:
+    if finding.error is None:
+        return nagiosplugin.Warn if finding.caveats else nagiosplugin.Ok
+    if isinstance(finding.error, DeadlineExceeded):
+        return timeout_state
+    if isinstance(finding.error, (UnsupportedDigest, InternalError)):
+        return nagiosplugin.Unknown
+    return nagiosplugin.Critical
+
+
+def image_states(scan: ScanResult) -> Dict[Target, nagiosplugin.state.ServiceState]:
+    """The worst state among the findings that affect each image (and platform)."""
+    states: Dict[Target, nagiosplugin.state.ServiceState] = {}
+    for finding in scan.content:
+        state = judge(finding)
+        for target in finding.affected:
+            states[target] = max(states.get(target, nagiosplugin.Ok), state, key=SEVERITY.__getitem__)
+    return states
 
 
 class DeadlineContext(nagiosplugin.Context):
@@ -130,7 +144,10 @@ class ScanSummary(nagiosplugin.Summary):
         text = (f"{len(scan.images)} image{'s' if len(scan.images) != 1 else ''}, {len(verified)} "
                 f"blob{'s' if len(verified) != 1 else ''}, {human_bytes(sum(c.bytes_read for c in verified))} "
                 f"verified in {scan.elapsed:.1f}s")
-        foreign = sum(1 for c in scan.content if c.notes)
+        present = len(scan.present_blobs)
+        if present:
+            text += f", {present} more present (deep check rotated)"
+        foreign = sum(1 for c in scan.content if c.mode == SKIPPED)
         if foreign:
             text += f", {foreign} foreign layer{'s' if foreign != 1 else ''} skipped"
         return "; ".join((text,) + scan.notes)

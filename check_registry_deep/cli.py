@@ -14,8 +14,9 @@ from typing import List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from . import __version__
+from .discovery import Discovery, compile_pattern
 from .errors import UsageError
-from .reference import DOMAIN_RE, ImageRef, Platform
+from .reference import DOMAIN_RE, REPOSITORY_RE, ImageRef, Platform
 
 NAME = "REGISTRY_DEEP"
 EXIT_UNKNOWN = 3
@@ -64,6 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("--insecure", action="store_true", help="do not verify TLS certificates (said in the output)")
     add("--connect-to", metavar="HOST:PORT", help="connect to this backend (a datacenter's node, the origin behind "
         "a cache) instead of the --registry host, keeping its Host header and TLS server name")
+    add("--repository", metavar="PREFIX", action="append", default=[],
+        help="also check images of every repository under PREFIX in the --registry's catalog, repeatable; "
+             "needs --all-tags or --tag-pattern")
+    add("--all-tags", action="store_true", help="with --repository: every tag of each repository")
+    add("--tag-pattern", metavar="REGEX", help="with --repository: the tags that fully match REGEX")
+    add("--compare-registry", metavar="URL", action="append", default=[],
+        help="a replica of --registry (another datacenter, a mirror), repeatable: it must serve the same manifest "
+             "for each image (else WARNING) and have every blob (else CRITICAL)")
+    add("--max-bytes", metavar="N[K|M|G]", help="download at most about N bytes of blobs per run (powers of 1024); "
+        "the others are only confirmed present, and verified in later runs with --state-file")
+    add("--state-file", metavar="FILE", help="remembers when each blob was last verified, so successive runs "
+        "verify the least recently verified first; perfdata 'oldest' is the stalest verification's age")
+    add("--json", metavar="FILE", help="write the full result as JSON to FILE (- for stdout, instead of the "
+        "plugin's text)")
     add("-v", "--verbose", action="count", default=0,
         help="more output, repeatable: -v a line per image, -vv progress on stderr, -vvv debug on stderr")
     add("-V", "--version", action="version", version=f"check_registry_deep {__version__}")
@@ -105,7 +120,8 @@ def read_images_file(path: str) -> List[str]:
     return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
 
 
-def plan_images(registry: Optional[str], texts: Sequence[str]) -> List[Tuple[ImageRef, str]]:
+def plan_images(registry: Optional[str], texts: Sequence[str], allow_none: bool = False
+                ) -> List[Tuple[ImageRef, str]]:
     """Each image with the base URL of the registry that serves it."""
     default = normalize_registry(registry) if registry else None
     planned = []
@@ -119,8 +135,8 @@ def plan_images(registry: Optional[str], texts: Sequence[str]) -> List[Tuple[Ima
             planned.append((ref, default))
         else:
             planned.append((ref, f"https://{ref.host}"))
-    if not planned:
-        raise UsageError("no images to check: give --image or --images-file")
+    if not planned and not allow_none:
+        raise UsageError("no images to check: give --image, --images-file or --repository")
     return planned
 
 
@@ -157,6 +173,47 @@ def access_options(options: argparse.Namespace) -> AccessOptions:
     registry = normalize_registry(options.registry) if options.registry else None
     return AccessOptions(registry, options.username, options.password_file, options.docker_config, options.ca_bundle,
                          options.client_cert, options.client_key, options.insecure, options.connect_to)
+
+
+@dataclass(frozen=True)
+class ScaleOptions:
+    """Discovery, replicas, coverage rotation and the outputs for people and scripts."""
+
+    discovery: Optional[Discovery] = None
+    replicas: Tuple[str, ...] = ()
+    max_bytes: Optional[int] = None
+    state_file: Optional[str] = None
+    json: Optional[str] = None
+    progress: bool = False
+    table: bool = False
+
+
+def discovery_options(options: argparse.Namespace) -> Optional[Discovery]:
+    if not options.repository:
+        if options.all_tags or options.tag_pattern:
+            raise UsageError("--all-tags and --tag-pattern go with --repository")
+        return None
+    if not options.registry:
+        raise UsageError("--repository needs --registry")
+    if options.all_tags == bool(options.tag_pattern):
+        raise UsageError("--repository needs exactly one of --all-tags and --tag-pattern")
+    for prefix in options.repository:
+        if not REPOSITORY_RE.fullmatch(prefix.rstrip("/")):
+            raise UsageError(f"invalid --repository {prefix!r}: expected a repository name or path prefix")
+    pattern = compile_pattern(options.tag_pattern) if options.tag_pattern else None
+    return Discovery(tuple(options.repository), pattern)
+
+
+def parse_bytes(text: Optional[str]) -> Optional[int]:
+    if text is None:
+        return None
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text.strip().upper().rstrip("B").rstrip("I"), ""
+    if number and number[-1] in units:
+        number, unit = number[:-1], number[-1]
+    if not number.isdigit() or int(number) <= 0:
+        raise UsageError(f"invalid --max-bytes {text!r}: expected a positive number of bytes, e.g. 500M")
+    return int(number) * units[unit]
 
 
 def _configure_logging(verbose: int) -> None:
@@ -210,15 +267,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         texts = list(options.image)
         for path in options.images_file:
             texts += read_images_file(path)
-        images = plan_images(options.registry, texts)
+        discovery = discovery_options(options)
+        images = plan_images(options.registry, texts, allow_none=discovery is not None)
         platforms = [Platform.parse(p) for p in options.platform]
         watchdog = _Watchdog(seconds - (time.monotonic() - started), seconds, timeout_state)
         watchdog.timer.start()
         from .run import run_check  # deferred: requests, tenacity and nagiosplugin cost time at start-up
         access = access_options(options)
+        interactive = sys.stdout.isatty() and sys.stderr.isatty()  # a person at a terminal; never Icinga
+        scale = ScaleOptions(discovery, tuple(normalize_registry(url) for url in options.compare_registry),
+                             parse_bytes(options.max_bytes), options.state_file, options.json,
+                             progress=interactive, table=interactive and options.json != "-")
         output, exitcode = run_check(images, seconds=seconds, timeout_state=timeout_state, workers=options.workers,
                                      platforms=platforms, warning=options.warning, critical=options.critical,
-                                     verbose=verbose, access=access, started=started)
+                                     verbose=verbose, access=access, scale=scale, started=started)
     except UsageError as exc:  # user input may hold a |, which Nagios would read as the start of perfdata
         output, exitcode = f"{NAME} UNKNOWN - {exc}\n".replace("|", "/"), EXIT_UNKNOWN
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ from .errors import (
     BlobUnknown,
     DeadlineExceeded,
     HTTPStatusError,
+    ManifestInvalid,
     ManifestUnknown,
     RedirectError,
     RegistryError,
@@ -102,6 +103,8 @@ class BlobResponse:
         self._response = response
         self.limit = limit
         self.received = 0
+        self.status = response.status_code
+        self.content_range = response.headers.get("Content-Range")  # on a 206 answering a Range
         header = response.headers.get("Content-Length")
         self.content_length = int(header) if header and header.isdigit() else None
         encoding = response.headers.get("Content-Encoding", "").strip().lower()
@@ -281,7 +284,14 @@ class RegistryClient:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, RegistryError) and e.transient),
             stop=give_up, wait=wait, before_sleep=note, reraise=True)
-        result = retrying(operation)
+        try:
+            result = retrying(operation)
+        except HTTPStatusError as exc:
+            if exc.transient and exc.retry_after is not None and exc.retry_after >= self.deadline.remaining():
+                # not slept through: the run answers before its deadline, saying why it gave up
+                raise type(exc)(f"{exc} (Retry-After {exc.retry_after:.0f}s reaches past the deadline)", exc.status,
+                                exc.code, exc.retry_after) from None
+            raise
         return result, retries
 
     # -- the API --------------------------------------------------------------------------------------
@@ -311,13 +321,57 @@ class RegistryClient:
         manifest, _ = self.with_retries(fetch, f"manifest {repository}:{reference}")
         return manifest
 
+    def get_page(self, path: str) -> Tuple[dict, Optional[str]]:
+        """One page of a JSON listing (catalog, tags) and the path of the next page from its Link header."""
+
+        def fetch() -> Tuple[dict, Optional[str]]:
+            response = self._send("GET", f"{self.base_url}{path}", headers={"Accept": "application/json"},
+                                  stream=True)
+            with response:
+                self._raise_for_status(response, f"GET {path.split('?')[0]}", ManifestUnknown)
+                body = BlobResponse(response, MAX_MANIFEST_BYTES + 1)
+                data = b"".join(iter(lambda: body.read(1 << 20), b""))
+                link = response.links.get("next", {}).get("url")
+            if len(data) > MAX_MANIFEST_BYTES:
+                raise SizeMismatch(f"listing {path.split('?')[0]} exceeds the 4 MiB cap")
+            try:
+                page = json.loads(data)
+            except ValueError:
+                raise ManifestInvalid(f"listing {path.split('?')[0]} is not valid JSON") from None
+            if not isinstance(page, dict):
+                raise ManifestInvalid(f"listing {path.split('?')[0]}: expected a JSON object")
+            if link:
+                target = urlsplit(urljoin(f"{self.base_url}{path}", link))
+                if (target.scheme, target.netloc) != (self.origin.scheme, self.origin.netloc) or \
+                        not target.path.startswith("/v2/"):
+                    raise ManifestInvalid(f"listing {path.split('?')[0]}: Link to another place refused")
+                link = target.path + (f"?{target.query}" if target.query else "")
+            return page, link
+
+        listing, _ = self.with_retries(fetch, f"GET {path}")
+        return listing
+
+    def note_retry(self) -> None:
+        """Count a retry that did not go through with_retries (a transfer resumed with Range)."""
+        with self._lock:
+            self.retries += 1
+
     @contextmanager
-    def open_blob(self, repository: str, digest: Digest, limit: Optional[int]) -> Iterator[BlobResponse]:
-        """GET a blob with identity encoding; the body is read raw, at most `limit` bytes."""
-        response = self._send("GET", self._url(repository, "blobs", str(digest)),
-                              headers={"Accept-Encoding": "identity"}, stream=True)
+    def open_blob(self, repository: str, digest: Digest, limit: Optional[int], offset: int = 0
+                  ) -> Iterator[BlobResponse]:
+        """GET a blob with identity encoding; the body is read raw, at most `limit` bytes.
+
+        With `offset`, asks for the rest from there (`Range: bytes=offset-`): the caller looks at the answer's
+        status (206, or 200 from a server that ignores Range); a 416 is handed over too, not raised, since
+        it says where the blob ends.
+        """
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        response = self._send("GET", self._url(repository, "blobs", str(digest)), headers=headers, stream=True)
         try:
-            self._raise_for_status(response, "", BlobUnknown)
+            if not (offset and response.status_code == 416):
+                self._raise_for_status(response, "", BlobUnknown)
             yield BlobResponse(response, limit)
         finally:
             response.close()

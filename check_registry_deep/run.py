@@ -1,9 +1,10 @@
-"""Wires the layers together: clients and scanner (gather), nagiosplugin check (judge), text (present)."""
+"""Wires the layers together: clients and scanner (gather), nagiosplugin check (judge), text and JSON (present)."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Sequence, Tuple
+import sys
+from typing import Callable, Dict, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import nagiosplugin
@@ -11,18 +12,20 @@ import urllib3
 
 from .auth import load_credentials
 from .check import build_check, render
-from .cli import AccessOptions
+from .cli import AccessOptions, ScaleOptions
 from .client import RegistryClient, TLSOptions
+from .coverage import Coverage
 from .deadline import Deadline
 from .errors import UsageError
 from .reference import ImageRef, Platform
-from .verify import Scanner
+from .report import table, to_json
+from .verify import Scanner, ScanResult
 
 
 def run_check(images: Sequence[Tuple[ImageRef, str]], *, seconds: float, timeout_state: str = "unknown",
               workers: int = 4, platforms: Sequence[Platform] = (), warning: str = "", critical: str = "",
-              verbose: int = 0, access: AccessOptions = AccessOptions(), started: Optional[float] = None
-              ) -> Tuple[str, int]:
+              verbose: int = 0, access: AccessOptions = AccessOptions(), scale: ScaleOptions = ScaleOptions(),
+              started: Optional[float] = None) -> Tuple[str, int]:
     """Run the whole check; returns the plugin's output and exit code."""
     for name, spec in (("--warning", warning), ("--critical", critical)):
         try:
@@ -30,26 +33,93 @@ def run_check(images: Sequence[Tuple[ImageRef, str]], *, seconds: float, timeout
         except ValueError as exc:
             raise UsageError(f"invalid {name} range {spec!r}: {exc}") from None
     deadline = Deadline(seconds, started=started)
-    clients: Dict[str, RegistryClient] = {}
+    registries = list(dict.fromkeys([registry for _, registry in images]
+                                    + ([access.registry] if access.registry else []) + list(scale.replicas)))
+    clients = make_clients(registries, deadline, workers, access, explicit={access.registry, *scale.replicas})
+    coverage = Coverage(scale.state_file, scale.max_bytes)
+    with progress_bar(scale.progress) as progress:
+        scanner = Scanner(clients.__getitem__, deadline, workers=workers, platforms=platforms,
+                          discovery=(access.registry, scale.discovery) if scale.discovery and access.registry
+                          else None, replicas=scale.replicas, choose_deep=coverage.choose, progress=progress)
+        check = build_check(lambda: remember(scanner.scan(images), coverage, access), warning=warning,
+                            critical=critical, timeout_state=timeout_state, verbose=verbose)
+        check()
+    output = render(check)
+    scan: ScanResult = check.resources[0].result
+    if scale.json:
+        document = to_json(scan, check.state, check.summary_str)
+        if scale.json == "-":
+            output = document
+        else:
+            write_file(scale.json, document)
+    if scale.table:
+        output += "\n" + table(scan)
+    return output, check.exitcode
 
+
+def make_clients(registries: Sequence[str], deadline: Deadline, workers: int, access: AccessOptions,
+                 explicit: set) -> Dict[str, RegistryClient]:
+    """One client per registry. Explicit credentials and --connect-to go only to the registries the user named
+    (--registry, --compare-registry); an image's own host gets its entry in the docker config."""
     tls = TLSOptions(verify=False if access.insecure else (access.ca_bundle or True),
                      cert=(access.client_cert, access.client_key or access.client_cert) if access.client_cert else None)
     if access.insecure:
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # the output says it instead
-    for registry in dict.fromkeys(registry for _, registry in images):
-        # explicit credentials and --connect-to are for the --registry; other hosts get their docker config
-        explicit = registry == access.registry
-        credentials = load_credentials(urlsplit(registry).netloc, username=access.username if explicit else None,
-                                       password_file=access.password_file if explicit else None,
+    clients = {}
+    for registry in registries:
+        named = registry in explicit
+        credentials = load_credentials(urlsplit(registry).netloc, username=access.username if named else None,
+                                       password_file=access.password_file if named else None,
                                        docker_config=access.docker_config)
         clients[registry] = RegistryClient(registry, deadline, workers=workers, tls=tls, credentials=credentials,
-                                           connect_to=access.connect_to if explicit else None)
+                                           connect_to=access.connect_to if registry == access.registry else None)
+    return clients
 
+
+def remember(scan: ScanResult, coverage: Coverage, access: AccessOptions) -> ScanResult:
+    """Record what was verified in the state file; add the run-wide notes and the stalest verification's age."""
+    seen = [(t.target.registry, d.digest) for t in scan.targets for d in t.blobs if not d.foreign]
+    verified_subjects = {c.subject for c in scan.verified_blobs}  # once: per blob it was O(n**2)
+    verified = [(t.target.registry, d.digest) for t in scan.targets for d in t.blobs
+                if str(d.digest) in verified_subjects]
+    coverage.record(seen, verified)
+    coverage.save()
     notes = ("TLS certificates NOT verified (--insecure)",) if access.insecure else ()
-    scanner = Scanner(clients.__getitem__, deadline, workers=workers, platforms=platforms)
-    check = build_check(lambda: dataclasses.replace(scanner.scan(images), notes=notes), warning=warning,
-                        critical=critical, timeout_state=timeout_state, verbose=verbose)
-    check()
-    return render(check), check.exitcode
+    oldest = coverage.oldest_age(seen) if coverage.state_file else None
+    return dataclasses.replace(scan, notes=notes, oldest_verification=oldest)
 
 
+def write_file(path: str, text: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write --json {path}: {exc.strerror}") from None
+
+
+class progress_bar:  # noqa: N801 (used as a context manager, like open())
+    """A tqdm bar on stderr for a person at a terminal; nothing otherwise (tqdm is imported only then)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        self.stage = ""
+
+    def __enter__(self) -> Optional[Callable[[str, int, int, int], None]]:
+        if not self.enabled:
+            return None
+        from tqdm import tqdm  # noqa: PLC0415
+        self.bar = tqdm(file=sys.stderr, unit="B", unit_scale=True, leave=False, dynamic_ncols=True)
+        return self.update
+
+    def update(self, stage: str, done: int, total: int, read: int) -> None:
+        assert self.bar is not None
+        if stage != self.stage:
+            self.stage = stage
+            self.bar.set_description(stage)
+        self.bar.update(read)
+        self.bar.set_postfix_str(f"{done}/{total}")
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()

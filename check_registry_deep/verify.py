@@ -6,6 +6,7 @@ Produces a ScanResult of facts (errors and caveats with their blast radius); kno
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
 import logging
 import queue
@@ -13,10 +14,11 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from .client import BlobResponse, FetchedManifest, RegistryClient
 from .deadline import Deadline
+from .discovery import Discovery
 from .errors import (
     BlobUnknown,
     CheckError,
@@ -26,6 +28,7 @@ from .errors import (
     ManifestInvalid,
     RegistryError,
     SizeMismatch,
+    TransportError,
     UnsupportedDigest,
 )
 from .manifests import (
@@ -44,12 +47,18 @@ log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
 MAX_INDEX_DEPTH = 8
+#: A transfer cut mid-blob is resumed with Range at most this often (each time only after it made progress).
+MAX_RESUMES = 5
 #: Caveats: facts that are not failures but deserve a look (judged WARNING).
 RETRIED = "verified only after {n} retr{ies}"
+RESUMED = "resumed with Range after the connection broke at byte {offsets} of {size}"
+RESTARTED = "transfer broke at byte {offset} and the server ignores Range: fetched again from the start"
 DECODED_ONLY = "served with Content-Encoding {encoding} despite Accept-Encoding: identity; only the decoded bytes match"
 SCHEMA1 = "registry answered a schema 2 request with a deprecated schema 1 manifest"
 #: Notes: said in the output, judged OK.
 FOREIGN_SKIPPED = "foreign layer skipped (clients fetch it from its urls)"
+#: How a blob was checked this run.
+VERIFIED, PRESENT, SKIPPED = "verified", "present", "skipped"
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,8 @@ class ContentResult:
     bytes_read: int = 0
     retries: int = 0
     repository: str = ""
+    mode: str = VERIFIED  # VERIFIED: bytes hashed; PRESENT: HEAD only (rotated to a later run); SKIPPED: foreign
+    finished: float = 0.0  # seconds into the run
 
     @property
     def problem(self) -> bool:
@@ -103,6 +114,7 @@ class ScanResult:
     retries: int
     interrupted: Optional[DeadlineExceeded] = None
     notes: Tuple[str, ...] = ()  # about the whole run, e.g. TLS not verified
+    oldest_verification: Optional[float] = None  # seconds, with --state-file: the stalest blob's last deep check
 
     @property
     def problems(self) -> Tuple[ContentResult, ...]:
@@ -110,12 +122,19 @@ class ScanResult:
 
     @property
     def verified_blobs(self) -> Tuple[ContentResult, ...]:
-        return tuple(c for c in self.content if c.kind in (LAYER, CONFIG) and c.error is None and not c.notes)
+        return tuple(c for c in self.content if c.kind in (LAYER, CONFIG) and c.error is None and c.mode == VERIFIED)
+
+    @property
+    def present_blobs(self) -> Tuple[ContentResult, ...]:
+        """Blobs only confirmed present this run: their deep verification rotated to a later run."""
+        return tuple(c for c in self.content if c.error is None and c.mode == PRESENT)
 
 
 #: What each job of the scan returns: the images it resolved and the verdicts it reached.
 JobResult = Tuple[List[TargetResult], List[ContentResult]]
 Job = Tuple[str, Callable[[], JobResult]]
+BlobKey = Tuple[str, Digest]  # (registry, digest): a blob is verified once per registry
+Chooser = Callable[[List[Tuple[BlobKey, int]]], Set[BlobKey]]  # (key, size) candidates -> the ones to GET
 
 
 # -- one blob's stream -----------------------------------------------------------------------------------
@@ -186,24 +205,53 @@ def read_limit(size: Optional[int], encoding: Optional[str]) -> Optional[int]:
 
 
 def verify_body(body: BlobResponse, descriptor: Descriptor, cancelled: threading.Event,
-                deadline: Deadline, chunk_size: int = CHUNK_SIZE) -> Tuple[str, ...]:
-    """Verify one open blob body against its descriptor: sizes first, then every byte."""
+                deadline: Deadline, chunk_size: int = CHUNK_SIZE, verifier: Optional[StreamVerifier] = None
+                ) -> Tuple[str, ...]:
+    """Verify one open blob body against its descriptor: sizes first, then every byte.
+
+    With a `verifier` that has already seen bytes, `body` is the rest of the blob (a 206 answering a Range)
+    and continues that verifier's hashes. A body that ends before its own Content-Length is a broken
+    transfer (TransportError, so it can be resumed), not a verdict on the blob.
+    """
     size, encoding = descriptor.size, body.content_encoding
-    if size is not None and not encoding and body.content_length is not None and body.content_length != size:
-        if body.content_length < size:
-            raise SizeMismatch(f"truncated: Content-Length says {body.content_length} of {size} bytes")
-        raise SizeMismatch(f"too long: Content-Length says {body.content_length} bytes, descriptor {size}")
-    body.limit = read_limit(size, encoding)
-    verifier = StreamVerifier(descriptor.digest, size, encoding)
+    offset = verifier.raw_length if verifier is not None else 0
+    declared = None if body.content_length is None else offset + body.content_length
+    if size is not None and not encoding and declared is not None and declared != size:
+        if declared < size:
+            raise SizeMismatch(f"truncated: Content-Length says {declared} of {size} bytes")
+        raise SizeMismatch(f"too long: Content-Length says {declared} bytes, descriptor {size}")
+    limit = read_limit(size, encoding)
+    body.limit = None if limit is None else limit - offset
+    if verifier is None:
+        verifier = StreamVerifier(descriptor.digest, size, encoding)
     while True:
         if cancelled.is_set():
             raise DeadlineExceeded(f"deadline passed after {verifier.raw_length} of {size} bytes")
         deadline.check(f"reading {descriptor.digest.short()}")
-        chunk = body.read(chunk_size)
+        try:
+            chunk = body.read(chunk_size)
+        except TransportError:
+            if deadline.remaining() < 0.1 or cancelled.is_set():  # the read timed out at the deadline
+                raise DeadlineExceeded(f"deadline passed after {verifier.raw_length} of {size} bytes") from None
+            raise
         if not chunk:
             break
         verifier.feed(chunk)
+    if not encoding and body.content_length is not None and body.received < body.content_length:
+        raise TransportError(f"connection closed after {verifier.raw_length} of {offset + body.content_length} "
+                             "bytes")
     return verifier.finish()
+
+
+def _check_content_range(header: Optional[str], offset: int, size: Optional[int]) -> None:
+    """A 206 must continue exactly where we stopped (`bytes offset-end/total`), and total must be the size."""
+    unit, _, spec = (header or "").partition(" ")
+    span, _, total = spec.partition("/")
+    first = span.split("-")[0]
+    if unit != "bytes" or not first.isdigit() or int(first) != offset:
+        raise TransportError(f"resumed at byte {offset}, but the server answered Content-Range {(header or '')[:60]!r}")
+    if size is not None and total.isdigit() and int(total) != size:
+        raise SizeMismatch(f"Content-Range says the blob is {total} bytes, descriptor {size}")
 
 
 # -- manifests -------------------------------------------------------------------------------------------
@@ -277,25 +325,29 @@ class WorkerPool:
 
 # -- the scan --------------------------------------------------------------------------------------------
 
-STAGES = ("checking the registry API", "resolving manifests", "verifying blobs")
+PING, DISCOVER, RESOLVE, BLOBS, REPLICAS = ("checking the registry API", "listing repositories and tags",
+                                           "resolving manifests", "verifying blobs", "comparing replicas")
 
 
 @dataclass
 class _Lane:
-    """One registry's way through the stages; lanes move independently, so a stalled registry holds up only
+    """One registry's way through its stages; lanes move independently, so a stalled registry holds up only
     its own images."""
 
     registry: str
     images: List[ImageRef]
+    stages: List[str] = field(default_factory=lambda: [PING, RESOLVE, BLOBS])
     stage: int = -1
     total: int = 0
     done: int = 0
     pending: set = field(default_factory=set)
     in_flight: Dict[int, str] = field(default_factory=dict)
     targets: List[TargetResult] = field(default_factory=list)
+    top_digests: Dict[ImageRef, Digest] = field(default_factory=dict)  # what each image's reference resolved to
 
     def describe(self, named: bool) -> str:
-        text = STAGES[self.stage] + (f" at {self.registry}" if named else "") + f" ({self.done} of {self.total} done)"
+        text = self.stages[self.stage] + (f" at {self.registry}" if named else "") + \
+            f" ({self.done} of {self.total} done)"
         waiting = sorted(self.in_flight.values())
         if waiting:
             text += "; waiting on " + ", ".join(waiting[:3]) + (
@@ -314,13 +366,24 @@ class Scanner:
     """Resolves images into blobs and verifies them, within one deadline, on a pool of workers."""
 
     def __init__(self, clients: Callable[[str], RegistryClient], deadline: Deadline, *, workers: int = 4,
-                 platforms: Sequence[Platform] = (), chunk_size: int = CHUNK_SIZE):
+                 platforms: Sequence[Platform] = (), chunk_size: int = CHUNK_SIZE,
+                 discovery: Optional[Tuple[str, Discovery]] = None, replicas: Sequence[str] = (),
+                 choose_deep: Optional[Chooser] = None,
+                 progress: Optional[Callable[[str, int, int, int], None]] = None):
+        """`discovery` (registry, what) lists more images there; `replicas` are compared with the first registry;
+        `choose_deep` picks the blobs to GET and hash (the others are only HEADed); `progress(stage, done, total,
+        bytes)` hears about every finished job."""
         self.client_for = clients
         self.deadline = deadline
         self.workers = workers
         self.platforms = tuple(platforms)
         self.chunk_size = chunk_size
+        self.discovery = discovery
+        self.replicas = tuple(replicas)
+        self.choose_deep = choose_deep
+        self.progress = progress
         self.cancelled = threading.Event()
+        self._completed: queue.Queue[concurrent.futures.Future] = queue.Queue()
         self._lock = threading.Lock()
         self._flight_ids = iter(range(1 << 62))
 
@@ -329,8 +392,12 @@ class Scanner:
         targets: List[TargetResult] = []
         content: List[ContentResult] = []
         lanes: Dict[str, _Lane] = {}
+        if self.discovery:
+            lanes[self.discovery[0]] = _Lane(self.discovery[0], [], [PING, DISCOVER, RESOLVE, BLOBS])
         for ref, registry in images:
             lanes.setdefault(registry, _Lane(registry, [])).images.append(ref)
+        if self.replicas:
+            next(iter(lanes.values())).stages.append(REPLICAS)
         pool = WorkerPool(self.workers)
         owner: Dict[concurrent.futures.Future, Tuple[_Lane, str]] = {}
         interrupted = None
@@ -338,16 +405,27 @@ class Scanner:
             for lane in lanes.values():
                 self._advance(lane, pool, owner, content)
             while any(lane.pending for lane in lanes.values()):
-                pending = set().union(*(lane.pending for lane in lanes.values()))
-                done, _ = concurrent.futures.wait(pending, timeout=self.deadline.remaining(),
-                                                  return_when=concurrent.futures.FIRST_COMPLETED)
+                # finished futures arrive on a queue: waiting on every pending future each time round was
+                # O(pending) per completion, minutes for a manifest with 10,000 layers
+                try:
+                    done = [self._completed.get(timeout=self.deadline.remaining())]
+                except queue.Empty:
+                    done = []
+                while not self._completed.empty() and len(done) < 1000:
+                    done.append(self._completed.get_nowait())
                 for future in done:
+                    if future not in owner:
+                        continue
                     lane, label = owner.pop(future)
                     lane.pending.discard(future)
                     found_targets, found_content = self._collect(future, label)
                     lane.targets.extend(found_targets)
                     targets.extend(found_targets)
-                    content.extend(found_content)
+                    now = self.deadline.elapsed()
+                    content.extend(dataclasses.replace(c, finished=now) for c in found_content)
+                    if self.progress:
+                        self.progress(lane.stages[lane.stage], lane.done, lane.total,
+                                      sum(c.bytes_read for c in found_content))
                     if not lane.pending:
                         self._advance(lane, pool, owner, content)
                 if self.deadline.expired() and any(lane.pending for lane in lanes.values()):
@@ -359,16 +437,16 @@ class Scanner:
         finally:
             self.cancelled.set()
             pool.shutdown()
-        retries = sum(self.client_for(registry).retries for registry in lanes)
-        return ScanResult(tuple(ref for ref, _ in images), tuple(targets), tuple(content),
-                          self.deadline.elapsed(), retries, interrupted)
+        retries = sum(self.client_for(registry).retries for registry in (*lanes, *self.replicas))
+        return ScanResult(tuple(ref for lane in lanes.values() for ref in lane.images), tuple(targets),
+                          tuple(content), self.deadline.elapsed(), retries, interrupted)
 
     def _advance(self, lane: _Lane, pool: WorkerPool, owner: Dict[concurrent.futures.Future, Tuple[_Lane, str]],
                  content: List[ContentResult]) -> None:
         """Start the lane's next stage that has work; a registry that failed its API check stops there."""
-        while not lane.pending and lane.stage + 1 < len(STAGES):
-            if lane.stage == 0 and any(c.kind == "registry" and c.subject == lane.registry for c in content):
-                return
+        while not lane.pending and lane.stage + 1 < len(lane.stages):
+            if lane.stage >= 0 and any(c.kind == "registry" and c.subject == lane.registry for c in content):
+                return  # unreachable, or its listing failed: nothing more to learn there
             lane.stage += 1
             jobs = self._jobs_for(lane)
             with self._lock:
@@ -377,14 +455,21 @@ class Scanner:
                 future = pool.submit(self._tracked(lane, label, job))
                 owner[future] = (lane, label)
                 lane.pending.add(future)
+                future.add_done_callback(self._completed.put)
 
     def _jobs_for(self, lane: _Lane) -> List[Job]:
-        if lane.stage == 0:
+        stage = lane.stages[lane.stage]
+        if stage == PING:
             return [(f"{lane.registry}/v2/", functools.partial(self._ping, lane.registry, lane.images))]
-        if lane.stage == 1:
-            return [(f"manifest of {ref}", functools.partial(self._resolve, ref, lane.registry))
-                    for ref in lane.images]
-        return self._blob_jobs(lane.targets)
+        if stage == DISCOVER:
+            return [(f"{lane.registry}/v2/_catalog", functools.partial(self._discover, lane))]
+        if stage == RESOLVE:
+            return [(f"manifest of {ref}", functools.partial(self._resolve, ref, lane))
+                    for ref in dict.fromkeys(lane.images)]
+        if stage == BLOBS:
+            return self._blob_jobs(lane.targets)
+        return [(f"{ref} on {replica}", functools.partial(self._compare_replica, lane, ref, replica))
+                for replica in self.replicas for ref in lane.top_digests]
 
     @staticmethod
     def _collect(future: concurrent.futures.Future, label: str) -> JobResult:
@@ -422,13 +507,27 @@ class Scanner:
 
     # -- stage 1: manifests --
 
-    def _resolve(self, ref: ImageRef, registry: str) -> JobResult:
+    def _discover(self, lane: _Lane) -> JobResult:
+        """Add the images the catalog and tags APIs list to the lane (the stage ends before it resolves them)."""
+        assert self.discovery is not None
+        try:
+            found = self.discovery[1].images(self.client_for(lane.registry))
+        except RegistryError as exc:
+            return [], [ContentResult(lane.registry, "registry", (), error=exc)]
+        with self._lock:
+            lane.images.extend(ref for ref in found if ref not in lane.images)
+        return [], []
+
+    def _resolve(self, ref: ImageRef, lane: _Lane) -> JobResult:
+        registry = lane.registry
         client = self.client_for(registry)
         top = Target(ref, registry)
         try:
             fetched = client.get_manifest(ref.repository, ref.reference)
             digest = check_manifest_digest(fetched, ref.digest)
             manifest = parse_manifest(fetched.body, fetched.content_type)
+            with self._lock:
+                lane.top_digests[ref] = digest
         except CheckError as exc:
             return [], [ContentResult(str(ref.digest) if ref.digest else str(ref), MANIFEST, (top,), error=exc,
                                       repository=ref.repository)]
@@ -439,7 +538,10 @@ class Scanner:
 
     def _walk(self, client: RegistryClient, ref: ImageRef, registry: str, manifest, digest: Digest,
               platform: Optional[Platform], depth: int, targets: List[TargetResult],
-              content: List[ContentResult]) -> None:
+              content: List[ContentResult], seen: Optional[Set[Tuple[Digest, Optional[Platform]]]] = None) -> None:
+        """Walk an index into its image manifests. Each (child, platform) is walked once per image: an index
+        listing the same child many times at every level would otherwise fetch children**depth manifests."""
+        seen = set() if seen is None else seen
         target = Target(ref, registry, platform)
         if isinstance(manifest, ImageManifest):
             blobs = tuple({d.digest: d for d in manifest.blobs}.values())
@@ -458,6 +560,9 @@ class Scanner:
                     p.matches(child.platform) for p in self.platforms):
                 continue
             child_platform = child.platform or platform
+            if (child.digest, child_platform) in seen:
+                continue
+            seen.add((child.digest, child_platform))
             child_target = Target(ref, registry, child_platform)
             try:
                 self.deadline.check(f"resolving {ref}")
@@ -473,7 +578,7 @@ class Scanner:
                                              size=child.size, repository=ref.repository))
                 continue
             self._walk(client, ref, registry, child_manifest, child_digest, child_platform, depth + 1,
-                       targets, content)
+                       targets, content, seen)
 
     # -- stage 2: blobs --
 
@@ -483,16 +588,22 @@ class Scanner:
             for descriptor in result.blobs:
                 uses.setdefault((result.target.registry, descriptor.digest), []).append(
                     _BlobUse(result.target.image.repository, result.target, descriptor))
+        candidates = [(key, blob_uses[0].descriptor.size or 0) for key, blob_uses in uses.items()
+                       if not blob_uses[0].descriptor.foreign]
+        deep = self.choose_deep(candidates) if self.choose_deep else {key for key, _ in candidates}
         jobs: List[Job] = []
         # largest first: the long transfers start early and the small ones fill in around them
         for (registry, digest), blob_uses in sorted(uses.items(), key=lambda kv: -(kv[1][0].descriptor.size or 0)):
             descriptor = blob_uses[0].descriptor
             label = f"{descriptor.kind} {digest.short()}… of {blob_uses[0].target}"
-            jobs.append((label, functools.partial(self._verify_blob, registry, blob_uses)))
+            jobs.append((label, functools.partial(self._verify_blob, registry, blob_uses,
+                                                  (registry, digest) in deep)))
         return jobs
 
-    def _verify_blob(self, registry: str, uses: List[_BlobUse]) -> JobResult:
-        """Verify one blob's bytes once, through the first repository that has it; HEAD it in the others."""
+    def _verify_blob(self, registry: str, uses: List[_BlobUse], deep: bool = True) -> JobResult:
+        """Verify one blob's bytes once, through the first repository that has it; HEAD it in the others.
+
+        Not `deep`: only HEAD it everywhere (its GET-and-hash was rotated to a later run)."""
         client = self.client_for(registry)
         descriptor = uses[0].descriptor
         everyone = tuple(dict.fromkeys(use.target for use in uses))
@@ -501,11 +612,18 @@ class Scanner:
             by_repository.setdefault(use.repository, []).append(use.target)
         if descriptor.foreign:
             return [], [ContentResult(str(descriptor.digest), descriptor.kind, everyone, notes=(FOREIGN_SKIPPED,),
-                                      size=descriptor.size)]
+                                      size=descriptor.size, mode=SKIPPED)]
         results: List[ContentResult] = []
         missing: List[Tuple[str, BlobUnknown]] = []
         verified_in = None
         repositories = list(by_repository)
+        if not deep:
+            self._confirm_presence(client, descriptor, repositories, by_repository, missing, results)
+            if not results and len(missing) < len(repositories):
+                results.append(ContentResult(str(descriptor.digest), descriptor.kind, everyone, size=descriptor.size,
+                                             mode=PRESENT))
+            return [], results + [self._missing(descriptor, by_repository, repository, gone, None)
+                                  for repository, gone in missing]
         for repository in repositories:
             try:
                 (caveats, read), retries = client.with_retries(
@@ -531,7 +649,17 @@ class Scanner:
             return [], [ContentResult(str(descriptor.digest), descriptor.kind, everyone, size=descriptor.size,
                                       error=BlobUnknown(f"404 {code} in every repository that references it "
                                                         f"({', '.join(by_repository)})", 404, code))]
-        for repository in repositories[repositories.index(verified_in) + 1:]:
+        self._confirm_presence(client, descriptor, repositories[repositories.index(verified_in) + 1:], by_repository,
+                               missing, results)
+        return [], results + [self._missing(descriptor, by_repository, repository, gone, verified_in)
+                              for repository, gone in missing]
+
+    @staticmethod
+    def _confirm_presence(client: RegistryClient, descriptor: Descriptor, repositories: Sequence[str],
+                          by_repository: Dict[str, List[Target]], missing: List[Tuple[str, BlobUnknown]],
+                          results: List[ContentResult]) -> None:
+        """HEAD the blob in each repository: cheap proof that its link is still there (not of its bytes)."""
+        for repository in repositories:
             try:
                 length = client.head_blob(repository, descriptor.digest)
                 if length is not None and descriptor.size is not None and length != descriptor.size:
@@ -543,22 +671,94 @@ class Scanner:
                 raise
             except CheckError as exc:
                 results.append(ContentResult(str(descriptor.digest), descriptor.kind,
-                                             tuple(by_repository[repository]), error=exc, size=descriptor.size,
-                                             repository=repository))
-        for repository, gone in missing:
-            results.append(ContentResult(
-                str(descriptor.digest), descriptor.kind, tuple(dict.fromkeys(by_repository[repository])),
-                error=BlobUnknown(f"404 {gone.code or 'BLOB_UNKNOWN'} in {repository} (the repository's link "
-                                  f"is gone; the blob itself verified in {verified_in})", 404, gone.code),
-                size=descriptor.size, repository=repository))
+                                             tuple(dict.fromkeys(by_repository[repository])), error=exc,
+                                             size=descriptor.size, repository=repository))
+
+    @staticmethod
+    def _missing(descriptor: Descriptor, by_repository: Dict[str, List[Target]], repository: str, gone: BlobUnknown,
+                 verified_in: Optional[str]) -> ContentResult:
+        where = f"the blob itself verified in {verified_in}" if verified_in else "HEAD only this run"
+        return ContentResult(
+            str(descriptor.digest), descriptor.kind, tuple(dict.fromkeys(by_repository[repository])),
+            error=BlobUnknown(f"404 {gone.code or 'BLOB_UNKNOWN'} in {repository} (the repository's link is gone; "
+                              f"{where})", 404, gone.code), size=descriptor.size, repository=repository)
+
+    # -- stage 4: replicas --
+
+    def _compare_replica(self, lane: _Lane, ref: ImageRef, replica: str) -> JobResult:
+        """Does `replica` serve the same manifest for `ref`, and every blob of it? (Container sync, for one.)"""
+        client = self.client_for(replica)
+        ours = lane.top_digests[ref]
+        targets = tuple(t.target for t in lane.targets if t.target.image == ref) or (Target(ref, lane.registry),)
+        try:
+            fetched = client.get_manifest(ref.repository, ref.reference)
+            theirs = check_manifest_digest(fetched, ref.digest)
+        except CheckError as exc:
+            return [], [ContentResult(f"{ref} on {replica}", MANIFEST, targets, error=exc, repository=ref.repository)]
+        if theirs != ours:
+            return [], [ContentResult(str(ref), MANIFEST, targets, repository=ref.repository, caveats=(
+                f"replica {replica} serves {theirs} where {lane.registry} serves {ours}",))]
+        results: List[ContentResult] = []
+        blobs = {d.digest: d for t in lane.targets if t.target.image == ref for d in t.blobs if not d.foreign}
+        for descriptor in blobs.values():
+            try:
+                client.head_blob(ref.repository, descriptor.digest)
+            except DeadlineExceeded:
+                raise
+            except CheckError as exc:
+                affected = tuple(t.target for t in lane.targets if t.target.image == ref and descriptor in t.blobs)
+                results.append(ContentResult(f"{descriptor.digest} on {replica}", descriptor.kind, affected, error=exc,
+                                             size=descriptor.size, repository=ref.repository))
         return [], results
 
     def _transfer(self, client: RegistryClient, repository: str, descriptor: Descriptor
                   ) -> Tuple[Tuple[str, ...], int]:
+        """GET and verify one blob; a transfer cut mid-blob resumes with Range where the server supports it
+        (else starts over once), each resume a caveat. Errors that are not transport faults end it at once."""
         started = time.monotonic()
-        with client.open_blob(repository, descriptor.digest, read_limit(descriptor.size, None)) as body:
-            caveats = verify_body(body, descriptor, self.cancelled, self.deadline, self.chunk_size)
-            read = body.received
+        size = descriptor.size
+        verifier: Optional[StreamVerifier] = None
+        resumed: List[int] = []  # offsets a 206 continued from
+        restarted: List[int] = []  # offsets after which the server ignored Range and sent it all again
+        read = 0
+        while True:
+            offset = verifier.raw_length if verifier is not None else 0
+            try:
+                with client.open_blob(repository, descriptor.digest, read_limit(size, None), offset=offset) as body:
+                    if offset and body.status == 416:  # the blob ends at or before `offset`
+                        if size is not None and offset < size:
+                            raise SizeMismatch(f"truncated: the registry says the blob ends before byte {offset} "
+                                               f"of {size} (416 to a Range)")
+                        assert verifier is not None
+                        caveats = verifier.finish()
+                        resumed.append(offset)
+                        break
+                    if offset and body.status != 206:  # 200: the whole blob again; start over
+                        restarted.append(offset)
+                        verifier = None
+                    elif offset:
+                        _check_content_range(body.content_range, offset, size)
+                        resumed.append(offset)
+                    if verifier is None:
+                        verifier = StreamVerifier(descriptor.digest, size, body.content_encoding)
+                    try:
+                        caveats = verify_body(body, descriptor, self.cancelled, self.deadline, self.chunk_size,
+                                              verifier)
+                    finally:
+                        read += body.received
+                break
+            except TransportError:
+                # resume only what can be resumed: identity bytes of known size, after progress, a few times
+                if (verifier is None or verifier.encoding or size is None or verifier.raw_length <= offset
+                        or len(resumed) + len(restarted) >= MAX_RESUMES or self.deadline.remaining() < 0.1):
+                    raise
+                client.note_retry()
+                log.info("transfer of %s broke at byte %d of %s; asking for the rest", descriptor.digest,
+                         verifier.raw_length, size)
+        if resumed:
+            caveats += (RESUMED.format(offsets=", ".join(map(str, resumed)), size=size),)
+        if restarted:
+            caveats += (RESTARTED.format(offset=", ".join(map(str, restarted))),)
         log.info("verified %s %s in %s: %d bytes in %.2fs", descriptor.kind, descriptor.digest, repository, read,
                  time.monotonic() - started)
         return caveats, read

@@ -20,7 +20,7 @@ from check_registry_deep.errors import (
 )
 from check_registry_deep.manifests import LAYER, Descriptor
 from check_registry_deep.reference import Digest, ImageRef, Platform
-from check_registry_deep.verify import FOREIGN_SKIPPED, ContentResult, ScanResult, Target, TargetResult
+from check_registry_deep.verify import FOREIGN_SKIPPED, SKIPPED, ContentResult, ScanResult, Target, TargetResult
 
 REGISTRY = "http://127.0.0.1:5000"
 APP = ImageRef.parse("team/app:1")
@@ -72,7 +72,7 @@ def test_ok_singular_and_retries_perfdata():
 
 
 def test_ok_with_foreign_layer_note():
-    foreign = ContentResult(str(D[3]), "layer", (T_DB,), notes=(FOREIGN_SKIPPED,), size=7)
+    foreign = ContentResult(str(D[3]), "layer", (T_DB,), notes=(FOREIGN_SKIPPED,), size=7, mode=SKIPPED)
     output, code, _ = run(scan_of(foreign))
     lines = output.splitlines()
     assert lines[0].startswith("REGISTRY_DEEP OK - 2 images, 3 blobs, 1.2 MB verified in 0.5s, "

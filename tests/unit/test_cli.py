@@ -51,8 +51,8 @@ def usage_line(capsys, argv: List[str]) -> str:
 # -- usage errors ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, expected", [
-    ([], "REGISTRY_DEEP UNKNOWN - no images to check: give --image or --images-file"),
-    (["-R", REGISTRY], "REGISTRY_DEEP UNKNOWN - no images to check: give --image or --images-file"),
+    ([], "REGISTRY_DEEP UNKNOWN - no images to check: give --image, --images-file or --repository"),
+    (["-R", REGISTRY], "REGISTRY_DEEP UNKNOWN - no images to check: give --image, --images-file or --repository"),
     (["-i", "team/app:1"],
      "REGISTRY_DEEP UNKNOWN - --registry is required: image 'team/app:1' names no registry host"),
     (["--bogus"], "REGISTRY_DEEP UNKNOWN - unrecognized arguments: --bogus (see --help)"),

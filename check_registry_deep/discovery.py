@@ -1,0 +1,62 @@
+"""Selecting images through the registry's catalog and tags APIs (Link pagination, `"tags": null`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, List, Optional, Pattern, Tuple
+
+from .errors import ManifestInvalid, UsageError
+from .reference import TAG_RE, ImageRef, validate_repository
+
+if TYPE_CHECKING:  # the client pulls in requests and tenacity: not at start-up
+    from .client import RegistryClient
+
+PAGE_SIZE = 1000
+MAX_PAGES = 1000  # a million names: beyond that a registry is looping us
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """`--repository PREFIX` with `--all-tags` or `--tag-pattern REGEX`."""
+
+    prefixes: Tuple[str, ...]
+    tag_pattern: Optional[Pattern[str]] = None  # None: every tag
+
+    def wants(self, repository: str) -> bool:
+        return any(repository == p.rstrip("/") or repository.startswith(p.rstrip("/") + "/") for p in self.prefixes)
+
+    def images(self, client: RegistryClient) -> List[ImageRef]:
+        found = []
+        for repository in _pages(client, f"/v2/_catalog?n={PAGE_SIZE}", "repositories"):
+            if not self.wants(repository):
+                continue
+            validate_repository(repository)
+            for tag in _pages(client, f"/v2/{repository}/tags/list?n={PAGE_SIZE}", "tags"):
+                if not TAG_RE.fullmatch(tag):
+                    raise ManifestInvalid(f"tags of {repository}: invalid tag {tag[:80]!r}")
+                if self.tag_pattern is None or self.tag_pattern.fullmatch(tag):
+                    found.append(ImageRef(None, repository, tag))
+        return found
+
+
+def _pages(client: RegistryClient, path: str, key: str) -> Iterator[str]:
+    next_path: Optional[str] = path
+    for _ in range(MAX_PAGES):
+        if next_path is None:
+            return
+        page, next_path = client.get_page(next_path)
+        names = page.get(key)
+        if names is None:  # distribution answers {"tags": null} for a repository whose tags were all deleted
+            names = []
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ManifestInvalid(f"{path.split('?')[0]}: expected {key!r} to be a list of names")
+        yield from names
+    raise ManifestInvalid(f"{path.split('?')[0]}: more than {MAX_PAGES} pages")
+
+
+def compile_pattern(text: str) -> Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise UsageError(f"invalid --tag-pattern {text!r}: {exc}") from None
