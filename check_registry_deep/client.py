@@ -43,6 +43,7 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
 MAX_ERROR_BODY = 64 * 1024
 MAX_REDIRECTS = 5
+NOT_FOUND_CODES = {BlobUnknown: "BLOB_UNKNOWN", ManifestUnknown: "MANIFEST_UNKNOWN"}
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,8 @@ class RegistryClient:
         if status < 400:
             return
         code, detail = self._error_code(response)
+        if status == 404 and not code and response.request.method == "HEAD":
+            code = NOT_FOUND_CODES.get(not_found, "")  # a HEAD answer has no body to carry the code
         label = f"{status} {code}".strip()
         retry_after = _retry_after(response.headers.get("Retry-After"))
         response.close()

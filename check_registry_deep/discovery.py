@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, List, Optional, Pattern, Tuple
 
-from .errors import ManifestInvalid, UsageError
+from .errors import ManifestInvalid, NotFound, UsageError
 from .reference import TAG_RE, ImageRef, validate_repository
 
 if TYPE_CHECKING:  # the client pulls in requests and tenacity: not at start-up
@@ -32,7 +32,11 @@ class Discovery:
             if not self.wants(repository):
                 continue
             validate_repository(repository)
-            for tag in _pages(client, f"/v2/{repository}/tags/list?n={PAGE_SIZE}", "tags"):
+            try:
+                tags = list(_pages(client, f"/v2/{repository}/tags/list?n={PAGE_SIZE}", "tags"))
+            except NotFound:  # distribution 2.8: NAME_UNKNOWN for a repository holding only untagged manifests
+                tags = []
+            for tag in tags:
                 if not TAG_RE.fullmatch(tag):
                     raise ManifestInvalid(f"tags of {repository}: invalid tag {tag[:80]!r}")
                 if self.tag_pattern is None or self.tag_pattern.fullmatch(tag):

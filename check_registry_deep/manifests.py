@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Tuple, Union
 
 from .errors import ManifestInvalid
-from .reference import Digest, Platform
+from .reference import Digest, Platform, _shown
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -122,6 +122,9 @@ def parse_manifest(body: bytes, content_type: str = "") -> Manifest:
         return _parse_schema1(doc, header_type if header_type in SCHEMA1_TYPES else SCHEMA1_SIGNED)
     if not isinstance(media_type, str):
         raise ManifestInvalid(f"manifest: expected mediaType to be str, got {type(media_type).__name__}")
+    if doc.get("schemaVersion") != 2:  # else {"schemaVersion": 7} under an image Content-Type was 0 blobs, OK
+        raise ManifestInvalid(f"unsupported manifest: mediaType {media_type[:80]!r}, schemaVersion "
+                              f"{_shown(doc.get('schemaVersion'))}")
     if "manifests" in doc and media_type not in IMAGE_TYPES:
         children = _field(doc, "manifests", list, "index")
         return IndexManifest(media_type or OCI_INDEX, tuple(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 from typing import Callable, Dict, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
@@ -109,7 +110,10 @@ class progress_bar:  # noqa: N801 (used as a context manager, like open())
         if not self.enabled:
             return None
         from tqdm import tqdm  # noqa: PLC0415
-        self.bar = tqdm(file=sys.stderr, unit="B", unit_scale=True, leave=False, dynamic_ncols=True)
+        # a terminal that reports no size (a pty under `script`, some serial consoles) would get no bar at all
+        size = shutil.get_terminal_size((100, 20))
+        self.bar = tqdm(file=sys.stderr, unit="B", unit_scale=True, leave=False, ncols=size.columns or 100,
+                        nrows=size.lines or 20)
         return self.update
 
     def update(self, stage: str, done: int, total: int, read: int) -> None:

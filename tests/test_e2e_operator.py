@@ -1,0 +1,191 @@
+"""End to end: operator tooling (discovery, replicas, rotating coverage, JSON, terminal output) on real registries."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from registry_lab.images import Layer, push_image, random_bytes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.e2e
+
+
+def test_discovery_checks_every_tag_under_a_namespace(plugin, pristine):
+    run = plugin("-R", pristine.url, "--repository", "apps", "--all-tags", "-v")
+    assert run.code == 0, run.stdout
+    # apps/pinned has no tag at all (the registry answers "tags": null): nothing to check there
+    assert run.first.startswith("REGISTRY_DEEP OK - 6 images, "), run.first
+    images = {line.split(":", 2)[0] + ":" + line.split(":", 2)[1] for line in run.lines if line.startswith("image ")}
+    assert {"image apps/web:1.0", "image apps/api:1.0", "image apps/slim:1.0", "image apps/foreign:1.0",
+            "image apps/multi:1.0 (linux/amd64)", "image apps/legacy:2.0 (linux/386)"} <= images
+
+
+def test_discovery_with_a_tag_pattern_after_an_incident_lists_what_to_repush(plugin, damaged, lab, tmp_path):
+    damaged.truncate_blob(lab.images.golden.digest, 10)
+    report = tmp_path / "report.json"
+    run = plugin("-R", damaged.url, "--repository", "apps/", "--tag-pattern", r"[0-9]+\.0", "--json", str(report))
+    assert run.code == 2
+    assert run.first.startswith("REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 6 of 6 images: "), run.first
+    document = json.loads(report.read_text())
+    assert document["state"] == "CRITICAL"
+    assert document["to_repush"] == ["apps/api:1.0", "apps/foreign:1.0", "apps/legacy:2.0", "apps/multi:1.0",
+                                     "apps/slim:1.0", "apps/web:1.0"]
+    broken = document["broken"]
+    assert [b["subject"] for b in broken] == [lab.images.golden.digest]
+    assert "apps/multi:1.0 (linux/arm64/v8)" in broken[0]["breaks"]
+
+
+def test_json_to_stdout_replaces_the_text(plugin, pristine, lab):
+    run = plugin("-R", pristine.url, "-i", "apps/multi:1.0", "--json", "-")
+    assert run.code == 0
+    document = json.loads(run.stdout)
+    assert document["schema"] == 1 and document["state"] == "OK"
+    assert document["summary"].startswith("1 image, 5 blobs, ")
+    assert sorted((row["image"], row["platform"], row["state"]) for row in document["images"]) == [
+        ("apps/multi:1.0", "linux/amd64", "OK"), ("apps/multi:1.0", "linux/arm64/v8", "OK")]
+    checks = {c["check"] for c in document["content"]}
+    assert checks == {"verified"}
+
+
+@pytest.fixture
+def replica(lab, tmp_path):
+    registry = lab.registry(tmp_path / "replica")
+    yield registry
+    registry.stop()
+
+
+def test_replica_in_agreement_is_ok(plugin, pristine, replica, lab):
+    run = plugin("-R", pristine.url, *sum((["-i", r] for r in lab.images.refs()), []),
+                 "--compare-registry", replica.url)
+    assert run.code == 0, run.stdout
+
+
+def test_replica_missing_a_blob_is_critical(plugin, pristine, replica, lab):
+    web = lab.images.images["web"]
+    replica.delete_blob(web.blobs[-1])  # container sync lost it on the replica only
+    run = plugin("-R", pristine.url, "-i", "apps/web:1.0", "-i", "apps/api:1.0", "--compare-registry", replica.url)
+    assert run.code == 2
+    assert run.first.startswith("REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 1 of 2 images: layer "), run.first
+    line = next(line for line in run.lines[1:] if f"on {replica.url}" in line)
+    assert line == (f"CRITICAL: layer {web.blobs[-1]} on {replica.url}: HEAD in apps/web: 404 BLOB_UNKNOWN "
+                    f"- breaks apps/web:1.0")
+
+
+def test_replica_serving_another_manifest_is_a_warning(plugin, pristine, replica):
+    other = push_image(replica, "apps/web", "1.0", [Layer(random_bytes("diverged", 1000))])
+    run = plugin("-R", pristine.url, "-i", "apps/web:1.0", "--compare-registry", replica.url)
+    assert run.code == 1, run.stdout
+    assert run.first.startswith("REGISTRY_DEEP WARNING - 1 warning: manifest apps/web:1.0 on "), run.first
+    assert f"replica serves {other.digest} where {pristine.url} serves sha256:" in run.stdout
+
+
+def test_replica_lacking_the_tag_is_critical(plugin, pristine, replica):
+    replica.delete_tag("apps/web", "1.0")
+    run = plugin("-R", pristine.url, "-i", "apps/web:1.0", "--compare-registry", replica.url)
+    assert run.code == 2
+    assert f"CRITICAL: manifest apps/web:1.0 on {replica.url}: 404 MANIFEST_UNKNOWN" in run.stdout, run.stdout
+
+
+def state_of(path):
+    return json.loads(path.read_text())["blobs"]
+
+
+def test_rotating_coverage_verifies_everything_over_successive_runs(plugin, damaged, lab, tmp_path):
+    state = tmp_path / "state.json"
+    args = ["-R", damaged.url, *sum((["-i", r] for r in lab.images.refs()), []), "--state-file", str(state),
+            "--max-bytes", "600K"]
+    verified_per_run = []
+    for _ in range(12):  # about 3.4 MB in 600 KiB slices; the 1 MiB golden layer goes alone
+        run = plugin(*args)
+        assert run.code == 0, run.stdout
+        verified_per_run.append(int(re.search(r" blobs=(\d+);", run.first).group(1)))
+        assert re.search(r" oldest=\d+s;;;0 ", run.first), run.first
+        if "more present" not in run.first:
+            break
+        assert re.search(r", \d+ more present \(deep check rotated\)", run.first), run.first
+    entries = state_of(state)
+    assert len(entries) == 22 and all(e["verified"] for e in entries.values())  # the foreign layer is not there
+    assert sum(verified_per_run) >= 22 and len(verified_per_run) > 2
+    # a rotated blob is still HEADed every run: a lost link is caught even when its bytes are not fetched
+    damaged.remove_layer_link("apps/slim", lab.images.images["slim"].blobs[-1])
+    run = plugin(*args)
+    assert run.code == 2
+    assert "404 BLOB_UNKNOWN in apps/slim" in run.stdout
+
+
+def test_state_file_survives_overlapping_runs(plugin, pristine, lab, tmp_path):
+    state = tmp_path / "state.json"
+    args = ["-R", pristine.url, *sum((["-i", r] for r in lab.images.refs()), []), "--state-file", str(state)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(lambda _: plugin(*args), range(4)))
+    assert [r.code for r in runs] == [0, 0, 0, 0]
+    entries = state_of(state)
+    assert len(entries) == 22
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".state-")]  # no temporary file left behind
+
+
+def test_usage_errors_of_the_new_options(plugin, pristine):
+    assert plugin("-R", pristine.url, "--repository", "apps").first == \
+        "REGISTRY_DEEP UNKNOWN - --repository needs exactly one of --all-tags and --tag-pattern"
+    assert plugin("-R", pristine.url, "-i", "a:1", "--max-bytes", "lots").first == \
+        "REGISTRY_DEEP UNKNOWN - invalid --max-bytes 'lots': expected a positive number of bytes, e.g. 500M"
+    assert plugin("-R", pristine.url, "--repository", "apps", "--tag-pattern", "(").first.startswith(
+        "REGISTRY_DEEP UNKNOWN - invalid --tag-pattern '(': ")
+
+
+def run_in_terminal(*args, timeout=60):
+    """Run the plugin with stdout and stderr on a pseudo-terminal, as an SRE on a bastion would."""
+    out_master, out_slave = os.openpty()
+    err_master, err_slave = os.openpty()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    process = subprocess.Popen([sys.executable, "-m", "check_registry_deep", *args], stdout=out_slave,
+                               stderr=err_slave, stdin=subprocess.DEVNULL, env=env)
+    os.close(out_slave)
+    os.close(err_slave)
+    captured = {out_master: b"", err_master: b""}
+    open_fds = set(captured)
+    until = time.monotonic() + timeout
+    while open_fds and time.monotonic() < until:
+        ready, _, _ = select.select(list(open_fds), [], [], 0.2)
+        for fd in ready:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                data = b""
+            if data:
+                captured[fd] += data
+            else:
+                open_fds.discard(fd)
+    process.wait(10)
+    for fd in captured:
+        os.close(fd)
+    return process.returncode, captured[out_master].decode(), captured[err_master].decode()
+
+
+def test_manual_run_at_a_terminal_shows_progress_and_a_table(pristine, lab):
+    code, out, err = run_in_terminal("-R", pristine.url, *sum((["-i", r] for r in lab.images.refs()), []))
+    assert code == 0
+    lines = out.replace("\r", "").splitlines()
+    assert lines[0].startswith("REGISTRY_DEEP OK - 9 images, 22 blobs")
+    header = next(i for i, line in enumerate(lines) if line.startswith("IMAGE"))
+    assert re.match(r"IMAGE\s+PLATFORM\s+BLOBS\s+BYTES\s+TIME\s+STATE$", lines[header])
+    rows = lines[header + 1:]
+    assert len(rows) == 11 and all(row.endswith("OK") for row in rows)
+    assert any(re.match(r"apps/multi:1\.0\s+linux/arm64/v8\s+3\s+1\.3 MB\s+[0-9.]+s\s+OK", row) for row in rows)
+    assert "verifying blobs" in err  # the tqdm bar on stderr
+
+
+def test_no_progress_nor_table_when_not_at_a_terminal(plugin, pristine):
+    run = plugin("-R", pristine.url, "-i", "base/golden:1")
+    assert run.stderr == "" and "IMAGE" not in run.stdout and len(run.lines) == 1

@@ -1,0 +1,125 @@
+"""discovery.py (catalog and tags paging) and coverage.py (rotation, budget, state merging) without a registry."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Iterator
+
+import pytest
+import responses
+
+from check_registry_deep.client import RegistryClient, RetryPolicy
+from check_registry_deep.coverage import Coverage
+from check_registry_deep.deadline import Deadline
+from check_registry_deep.discovery import Discovery
+from check_registry_deep.errors import ManifestInvalid, UsageError
+from check_registry_deep.reference import Digest
+
+BASE = "http://127.0.0.1:5000"
+
+
+@pytest.fixture
+def mock() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield rsps
+
+
+def client() -> RegistryClient:
+    return RegistryClient(BASE, Deadline(10), retry=RetryPolicy(attempts=1))
+
+
+def test_catalog_and_tags_follow_link_pagination_and_null_tags(mock):
+    mock.add(responses.GET, f"{BASE}/v2/_catalog", json={"repositories": ["apps/a", "apps/b"]},
+             headers={"Link": '</v2/_catalog?last=apps%2Fb&n=1000>; rel="next"'}, match_querystring=False)
+    mock.add(responses.GET, f"{BASE}/v2/_catalog?last=apps%2Fb&n=1000",
+             json={"repositories": ["apps/c", "other/x"]}, match_querystring=True)
+    mock.add(responses.GET, f"{BASE}/v2/apps/a/tags/list", json={"name": "apps/a", "tags": ["1", "2"]},
+             headers={"Link": '</v2/apps/a/tags/list?last=2&n=1000>; rel="next"'}, match_querystring=False)
+    mock.add(responses.GET, f"{BASE}/v2/apps/a/tags/list?last=2&n=1000", json={"name": "apps/a", "tags": ["3"]},
+             match_querystring=True)
+    mock.add(responses.GET, f"{BASE}/v2/apps/b/tags/list", json={"name": "apps/b", "tags": None})
+    mock.add(responses.GET, f"{BASE}/v2/apps/c/tags/list", status=404,
+             json={"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known to registry"}]})
+    # the first page's request is n=1000 without `last`; responses matches it by path
+    found = Discovery(("apps",)).images(client())
+    assert [str(ref) for ref in found] == ["apps/a:1", "apps/a:2", "apps/a:3"]
+    assert not any("other" in call.request.url for call in mock.calls)
+
+
+def test_tag_pattern_matches_whole_tags(mock):
+    mock.add(responses.GET, f"{BASE}/v2/_catalog", json={"repositories": ["apps/a"]})
+    mock.add(responses.GET, f"{BASE}/v2/apps/a/tags/list", json={"tags": ["1.0", "1.0-rc1", "latest"]})
+    found = Discovery(("apps/a",), re.compile(r"[0-9.]+")).images(client())
+    assert [ref.tag for ref in found] == ["1.0"]
+
+
+def test_a_link_to_another_host_is_refused(mock):
+    mock.add(responses.GET, f"{BASE}/v2/_catalog", json={"repositories": []},
+             headers={"Link": '<http://127.0.0.2:5000/v2/_catalog?last=x>; rel="next"'})
+    with pytest.raises(ManifestInvalid, match="Link to another place refused"):
+        Discovery(("apps",)).images(client())
+
+
+def test_hostile_listing_is_invalid(mock):
+    mock.add(responses.GET, f"{BASE}/v2/_catalog", json={"repositories": "apps/a"})
+    with pytest.raises(ManifestInvalid, match="expected 'repositories' to be a list of names"):
+        Discovery(("apps",)).images(client())
+
+
+def test_prefix_matches_path_components_only():
+    discovery = Discovery(("apps",))
+    assert discovery.wants("apps") and discovery.wants("apps/web")
+    assert not discovery.wants("applications/web")
+
+
+def key(n: int):
+    return ("http://r", Digest("sha256", f"{n:064x}"))
+
+
+def test_choose_prefers_never_then_least_recently_verified_within_the_budget(tmp_path):
+    clock = iter(range(1000, 2000, 10))
+    state = tmp_path / "state.json"
+    coverage = Coverage(str(state), max_bytes=250, clock=lambda: next(clock))
+    candidates = [(key(i), 100) for i in range(5)]
+    first = coverage.choose(candidates)
+    assert len(first) == 2
+    coverage.record([k for k, _ in candidates], first)
+    coverage.save()
+    again = Coverage(str(state), max_bytes=250, clock=lambda: next(clock))
+    second = again.choose(candidates)
+    assert len(second) == 2 and not second & first
+
+
+def test_a_blob_larger_than_the_budget_is_verified_alone():
+    coverage = Coverage(None, max_bytes=10)
+    assert coverage.choose([(key(1), 1000), (key(2), 5)]) in ({key(1)}, {key(2)})
+    assert len(coverage.choose([(key(1), 1000)])) == 1
+
+
+def test_save_merges_what_another_run_wrote(tmp_path):
+    state = tmp_path / "state.json"
+    ours, theirs = Coverage(str(state), clock=lambda: 100.0), Coverage(str(state), clock=lambda: 200.0)
+    theirs.record([key(1), key(2)], [key(2)])
+    ours.record([key(1), key(3)], [key(1)])
+    theirs.save()
+    ours.save()
+    blobs = json.loads(state.read_text())["blobs"]
+    assert {name.split()[-1][-1] for name in blobs} == {"1", "2", "3"}
+    assert blobs[f"http://r sha256:{2:064x}"]["verified"] == 200.0
+    assert blobs[f"http://r sha256:{1:064x}"]["verified"] == 100.0
+
+
+def test_a_foreign_file_is_not_taken_for_a_state_file(tmp_path):
+    state = tmp_path / "state.json"
+    state.write_text('{"something": "else"}')
+    with pytest.raises(UsageError, match="is not a check_registry_deep state file"):
+        Coverage(str(state))
+
+
+def test_oldest_age_counts_never_verified_blobs_from_first_sight():
+    now = [1000.0]
+    coverage = Coverage(None, clock=lambda: now[0])
+    coverage.record([key(1), key(2)], [key(1)])
+    now[0] = 1600.0
+    assert coverage.oldest_age([key(1), key(2)]) == 600.0
