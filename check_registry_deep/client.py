@@ -10,7 +10,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Tuple, TypeVar, Union
+from typing import Callable, Dict, Iterator, Optional, Tuple, TypeVar, Union
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import requests
@@ -43,7 +43,7 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
 MAX_ERROR_BODY = 64 * 1024
 MAX_REDIRECTS = 5
-NOT_FOUND_CODES = {BlobUnknown: "BLOB_UNKNOWN", ManifestUnknown: "MANIFEST_UNKNOWN"}
+NOT_FOUND_CODES: Dict[type, str] = {BlobUnknown: "BLOB_UNKNOWN", ManifestUnknown: "MANIFEST_UNKNOWN"}
 
 
 @dataclass(frozen=True)
