@@ -35,13 +35,18 @@ class PluginRun:
         return self.lines[0] if self.lines else ""
 
 
-def run_plugin(*args: str, timeout: float = 120, env: dict | None = None) -> PluginRun:
-    """Run the real entry point, as Icinga would: a fresh process, stdout and the exit code."""
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+def run_command(command: List[str], *, timeout: float, env: dict, cwd: str | None = None) -> PluginRun:
+    """Run a plugin command as Icinga would: a fresh process, no stdin; keep stdout, stderr and the exit code."""
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "check_registry_deep", *args], capture_output=True, text=True,
-                          timeout=timeout, env=environment, stdin=subprocess.DEVNULL)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd,
+                          stdin=subprocess.DEVNULL)
     return PluginRun(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+
+
+def run_plugin(*args: str, timeout: float = 120, env: dict | None = None) -> PluginRun:
+    """Run the real entry point of this source tree."""
+    return run_command([sys.executable, "-m", "check_registry_deep", *args], timeout=timeout,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
 @pytest.fixture

@@ -12,12 +12,10 @@ import gzip
 import os
 import re
 import subprocess
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import List
 
 import pytest
+from conftest import PluginRun, run_command
 
 PACKAGE = "monitoring-plugins-registry-deep"
 PLUGIN = Path("/usr/lib/nagios/plugins/check_registry_deep")
@@ -35,22 +33,6 @@ if not PLUGIN.exists():
 pytestmark = pytest.mark.e2e
 
 
-@dataclass(frozen=True)
-class PluginRun:
-    code: int
-    stdout: str
-    stderr: str
-    seconds: float
-
-    @property
-    def lines(self) -> List[str]:
-        return self.stdout.splitlines()
-
-    @property
-    def first(self) -> str:
-        return self.lines[0] if self.lines else ""
-
-
 def clean_env() -> dict:
     """What a monitoring daemon gives its plugins: no virtualenv, no PYTHONPATH, Debian's PATH, no user site."""
     drop = {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYENV_VERSION", "PYTHONSTARTUP"}
@@ -61,10 +43,7 @@ def clean_env() -> dict:
 
 def installed(*args: str, timeout: float = 120) -> PluginRun:
     """Run the installed plugin as Icinga would: by its path, from /, in a clean environment."""
-    started = time.monotonic()
-    done = subprocess.run([str(PLUGIN), *args], capture_output=True, text=True, timeout=timeout, env=clean_env(),
-                          cwd="/", stdin=subprocess.DEVNULL)
-    return PluginRun(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+    return run_command([str(PLUGIN), *args], timeout=timeout, env=clean_env(), cwd="/")
 
 
 def image_args(refs):
