@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import subprocess
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 import requests
@@ -61,30 +62,36 @@ def _b64url(data: bytes) -> str:
 
 
 class _Server:
-    """A threaded HTTP server on 127.0.0.1 with a handler function; records every request's headers."""
+    """A threaded HTTP server on 127.0.0.1 with a handler function; records every request's method, path and
+    headers, whatever the method (so a test can prove that only GET and HEAD arrived). With `tls` (a
+    certificate and key, e.g. from CertificateAuthority.issue) it serves https."""
 
-    def __init__(self, handle):
+    def __init__(self, handle, tls: Optional[Tuple[Path, Path]] = None):
         self.requests: List[Dict[str, str]] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
-                outer.requests.append({"method": "GET", "path": self.path, **dict(self.headers)})
+                outer.requests.append({"method": self.command, "path": self.path, **dict(self.headers)})
                 handle(self)
 
-            do_HEAD = do_GET  # noqa: N815
-            do_POST = do_GET  # noqa: N815
+            do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET  # noqa: N815
 
             def log_message(self, *args):
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.tls = tls is not None
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def __enter__(self):
         self.thread.start()
