@@ -406,6 +406,7 @@ class Scanner:
         pool = WorkerPool(self.workers)
         owner: Dict[concurrent.futures.Future, Tuple[_Lane, str]] = {}
         interrupted = None
+        late: Optional[DeadlineExceeded] = None  # a job that itself ran into the deadline
         try:
             for lane in lanes.values():
                 self._advance(lane, pool, owner, content)
@@ -423,6 +424,13 @@ class Scanner:
                         continue
                     lane, label = owner.pop(future)
                     lane.pending.discard(future)
+                    if late is None and isinstance(future.exception(), DeadlineExceeded):
+                        # it finished (by giving up) just before this loop saw the deadline: still a timeout,
+                        # never a silently missing blob in an OK
+                        with self._lock:
+                            where = lane.describe(len(lanes) > 1)
+                        where += "" if "waiting on" in where else f"; waiting on {label}"
+                        late = DeadlineExceeded(f"deadline of {self.deadline.seconds:g}s passed while {where}")
                     found_targets, found_content = self._collect(future, label)
                     lane.targets.extend(found_targets)
                     targets.extend(found_targets)
@@ -437,6 +445,7 @@ class Scanner:
                     with self._lock:
                         waiting = "; ".join(lane.describe(len(lanes) > 1) for lane in lanes.values() if lane.pending)
                     raise DeadlineExceeded(f"deadline of {self.deadline.seconds:g}s passed while {waiting}")
+            interrupted = late
         except DeadlineExceeded as exc:
             interrupted = exc
         finally:
