@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import List, Optional
 
 from . import LocalRegistry, seed_sentinels
 
@@ -23,7 +24,13 @@ def run_check(registry: LocalRegistry, refs: list) -> int:
     return done.returncode
 
 
-def main() -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--swift"]:
+        return swift_main()
+    if args:
+        print("usage: python -m registry_lab.demo [--swift]", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="registry-deep-demo-") as workdir, \
             LocalRegistry(Path(workdir)) as registry:
         show(f"a real docker-registry on {registry.url}, storage in {registry.storage}")
@@ -40,6 +47,47 @@ def main() -> int:
         show("the check again")
         broken = run_check(registry, refs)
     show("cleaned up: registry stopped, storage removed")
+    ok = healthy == 0 and broken == 2
+    print("demo " + ("as expected: OK, then CRITICAL with every affected image" if ok else "did NOT go as expected"))
+    return 0 if ok else 1
+
+
+def swift_main() -> int:
+    """The incident on its own storage: Swift, a registry in a container, container sync, a deleted mirror."""
+    from .swift import SwiftCluster, SwiftLab  # Swift is only needed here
+
+    with tempfile.TemporaryDirectory(prefix="registry-deep-swift-demo-") as workdir, \
+            SwiftCluster(Path(workdir) / "swift") as cluster:
+        memory = sum(cluster.memory_kib().values()) >> 10
+        show(f"OpenStack Swift on {cluster.url} (proxy, account, container, object servers, tempauth, memcached; "
+             f"one node, one replica): up in {cluster.started_in:.1f}s, {memory} MB resident")
+        lab = SwiftLab(cluster, Path(workdir))
+        print("pushing the sentinel images through a registry into a Swift container (about half a minute)...",
+              flush=True)
+        images = lab.seed(lambda registry: seed_sentinels(registry, golden_size=12 << 20, own_size=1 << 20))
+        registry = lab.registry("plain")
+        try:
+            golden = images.golden.digest
+            sizes = [size for _, size in registry.segments(golden)]
+            show(f"a real docker-registry on {registry.url}, storage: Swift container {registry.container!r}")
+            print(f"{len(images.images)} sentinel images; all but one are built on the golden base layer {golden},")
+            print(f"stored as a Swift large object in {len(sizes)} segments of {', '.join(map(str, sizes))} bytes")
+            refs = images.refs()
+            show("the check on a healthy registry")
+            healthy = run_check(registry, refs)
+            show("the incident: container sync to a mirror, the mirror deleted, the deletes synced back")
+            incident = registry.replay_sync_incident(golden, keep=1)
+            print(f"container {registry.container!r} and {incident.mirror!r} sync both ways "
+                  f"(Swift's container-sync daemon); the first pass copied {incident.mirrored} objects")
+            print(f"the mirror is deleted; its deletion had reached {len(incident.deleted)} segments of the golden "
+                  "layer when the sync daemon ran again, and it carried the deletes over:")
+            print(f"the golden layer now has {len(incident.left)} of {len(incident.segments)} segments in "
+                  f"{registry.container!r}; its object, the manifests and tags are untouched, /v2/ answers 200")
+            show("the check again")
+            broken = run_check(registry, refs)
+        finally:
+            registry.stop()
+    show("cleaned up: registry and Swift stopped, storage removed")
     ok = healthy == 0 and broken == 2
     print("demo " + ("as expected: OK, then CRITICAL with every affected image" if ok else "did NOT go as expected"))
     return 0 if ok else 1
