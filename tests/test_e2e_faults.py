@@ -70,24 +70,29 @@ class Measured:
         return self.lines[0] if self.lines else ""
 
 
+#: Runs the plugin's entry point and reports the process's peak RSS at exit. VmHWM, not ru_maxrss: a child's
+#: ru_maxrss keeps the high-water mark of the fork from this (big) test process across exec; VmHWM starts anew.
+MEASURING = """
+import atexit, re, runpy, sys
+def peak():
+    with open("/proc/self/status") as status:
+        sys.stderr.write("\\n" + re.search(r"VmHWM:\\s*\\d+ kB", status.read()).group(0) + "\\n")
+atexit.register(peak)
+sys.argv[0] = "check_registry_deep"
+runpy.run_module("check_registry_deep", run_name="__main__", alter_sys=True)
+"""
+
+
 def measured(*args: str, env: dict | None = None, timeout: float = 120) -> Measured:
-    """The plugin as Icinga runs it, with its own peak RSS (os.wait4 gives this child's rusage alone)."""
+    """The plugin as Icinga runs it (a fresh process), with its peak RSS."""
     environment = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
     started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "check_registry_deep", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=environment)
-    timer = threading.Timer(timeout, process.kill)
-    timer.start()
-    try:
-        stdout, stderr = process.stdout.read(), process.stderr.read()  # type: ignore[union-attr]
-        _, status, usage = os.wait4(process.pid, 0)
-    finally:
-        timer.cancel()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    process.stdout.close()  # type: ignore[union-attr]
-    process.stderr.close()  # type: ignore[union-attr]
-    return Measured(process.returncode, stdout.decode(), stderr.decode(), time.monotonic() - started,
-                    usage.ru_maxrss)
+    done = subprocess.run([sys.executable, "-c", MEASURING, *args], capture_output=True, text=True, timeout=timeout,
+                          env=environment, stdin=subprocess.DEVNULL)
+    seconds = time.monotonic() - started
+    peak = re.search(r"\nVmHWM:\s*(\d+) kB\n$", done.stderr)
+    assert peak, done.stderr[-2000:]
+    return Measured(done.returncode, done.stdout, done.stderr[:peak.start()], seconds, int(peak.group(1)))
 
 
 def assert_readable(run, seconds: float | None = None) -> None:
