@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import http.client
 import http.cookiejar
 import json
 import logging
@@ -29,6 +30,7 @@ from .errors import (
     ManifestUnknown,
     RedirectError,
     RegistryError,
+    ShortBody,
     SizeMismatch,
     TLSError,
     TransportError,
@@ -119,6 +121,12 @@ class BlobResponse:
         try:
             chunk = self._response.raw.read(size, decode_content=False)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
+            short = next((a for a in getattr(exc, "args", ()) if isinstance(a, http.client.IncompleteRead)), None)
+            if short is not None:  # the body ended before its Content-Length
+                # urllib3 2 counts every byte of the response so far; http.client hands over the lost bytes
+                got = short.partial if isinstance(short.partial, int) else self.received + len(short.partial)
+                raise ShortBody(f"body ended after {got} bytes, before its Content-Length", max(got, self.received)
+                                ) from None
             raise TransportError(f"connection broken after {self.received} bytes: {_reason(exc)}") from None
         self.received += len(chunk)
         return chunk

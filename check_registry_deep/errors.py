@@ -38,6 +38,14 @@ class TransportError(RegistryError):
     transient = True
 
 
+class ShortBody(TransportError):
+    """The server closed the body before its own Content-Length: a hiccup once, truncated content if it persists."""
+
+    def __init__(self, message: str, reached: int):
+        super().__init__(message)
+        self.reached = reached  # bytes of this response that arrived
+
+
 class TLSError(TransportError):
     """The TLS handshake failed (untrusted certificate, wrong name, client certificate refused): not transient."""
 

@@ -27,6 +27,7 @@ from .errors import (
     InternalError,
     ManifestInvalid,
     RegistryError,
+    ShortBody,
     SizeMismatch,
     TransportError,
     UnsupportedDigest,
@@ -238,8 +239,7 @@ def verify_body(body: BlobResponse, descriptor: Descriptor, cancelled: threading
             break
         verifier.feed(chunk)
     if not encoding and body.content_length is not None and body.received < body.content_length:
-        raise TransportError(f"connection closed after {verifier.raw_length} of {offset + body.content_length} "
-                             "bytes")
+        raise ShortBody(f"body ended after {body.received} of its {body.content_length} bytes", body.received)
     return verifier.finish()
 
 
@@ -735,6 +735,8 @@ class Scanner:
         resumed: List[int] = []  # offsets a 206 continued from
         restarted: List[int] = []  # offsets after which the server ignored Range and sent it all again
         read = 0
+        reached = 0  # the furthest byte any response got to, lost partial reads included
+        repeated = 0  # whole-blob requests again after a body that ended early with nothing kept
         while True:
             offset = verifier.raw_length if verifier is not None else 0
             try:
@@ -761,11 +763,23 @@ class Scanner:
                     finally:
                         read += body.received
                 break
-            except TransportError:
-                # resume only what can be resumed: identity bytes of known size, after progress, a few times
-                if (verifier is None or verifier.encoding or size is None or verifier.raw_length <= offset
-                        or len(resumed) + len(restarted) >= MAX_RESUMES or self.deadline.remaining() < 0.1):
+            except TransportError as exc:
+                short = isinstance(exc, ShortBody)
+                if isinstance(exc, ShortBody):
+                    reached = max(reached, offset + exc.reached)
+                tries = len(resumed) + len(restarted) + repeated
+                progress = verifier is not None and verifier.raw_length > offset
+                if short and size is not None and not progress and tries:
+                    # ending early at the same place again is what the registry serves, not a hiccup: a verdict
+                    raise SizeMismatch(f"truncated: got {reached} of {size} bytes (the body ends before its "
+                                       f"Content-Length, {tries + 1} times)") from None
+                # resume only what can be resumed: identity bytes of known size, after progress (or once after a
+                # body that ended early), a few times, before the deadline
+                if (verifier is None or verifier.encoding or size is None or not (progress or short)
+                        or tries >= MAX_RESUMES or self.deadline.remaining() < 0.1):
                     raise
+                if not progress and not offset:
+                    repeated += 1  # nothing to resume from: ask for the whole blob once more
                 client.note_retry()
                 log.info("transfer of %s broke at byte %d of %s; asking for the rest", descriptor.digest,
                          verifier.raw_length, size)
@@ -773,6 +787,8 @@ class Scanner:
             caveats += (RESUMED.format(offsets=", ".join(map(str, resumed)), size=size),)
         if restarted:
             caveats += (RESTARTED.format(offset=", ".join(map(str, restarted))),)
+        if repeated:
+            caveats += (RETRIED.format(n=repeated, ies="y" if repeated == 1 else "ies"),)
         log.info("verified %s %s in %s: %d bytes in %.2fs", descriptor.kind, descriptor.digest, repository, read,
                  time.monotonic() - started)
         return caveats, read

@@ -226,6 +226,22 @@ class ResetAfter:
         exchange.reset()
 
 
+class CutAt:
+    """The registry's headers (Content-Length and all), the body up to byte `position` of the blob, then a clean
+    close: what a warm cache serves in front of a storage backend that lost the rest. A 206 answering a Range
+    is cut at the same place of the blob, so resuming gets no further."""
+
+    def __init__(self, position: int):
+        self.position = position
+
+    def __call__(self, exchange: Exchange) -> None:
+        response = exchange.upstream()
+        start = re.match(r"bytes (\d+)-", response.getheader("Content-Range") or "")
+        exchange.send_head(response.status, response.getheaders())
+        exchange.pipe(response, max(0, self.position - (int(start.group(1)) if start else 0)))
+        response.close()
+
+
 class StallAfter:
     """Headers and the first `count` body bytes, then silence for `seconds` (bounded), then a close."""
 

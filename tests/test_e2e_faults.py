@@ -23,6 +23,7 @@ import pytest
 from check_registry_deep.verify import CHUNK_SIZE
 from registry_lab.faults import (
     ClaimEncoding,
+    CutAt,
     Drip,
     FaultProxy,
     Gzip,
@@ -184,6 +185,26 @@ def test_reset_on_every_attempt_is_critical(plugin, proxy, registry):
     assert run.code == 2, run.stdout
     assert "connection broken after 0 bytes" in run.first or "connection closed" in run.first, run.first
     assert run.seconds < 10
+
+
+def test_body_cut_short_once_is_resumed_and_warns(plugin, proxy, registry):
+    proxy.add(blob_path("big/blob", registry.big), CutAt(RESET_AT))
+    run = plugin("-R", proxy.url, "-i", "big/blob:1")
+    assert run.code == 1, run.stdout
+    assert f"resumed with Range after the connection broke at byte {RESET_AT} of {BIG_SIZE}" in run.stdout, \
+        run.stdout
+
+
+def test_body_always_cut_at_the_same_byte_is_truncated_not_a_network_fault(plugin, proxy, registry):
+    """A warm cache answers 200 with the old Content-Length and fewer bytes, every time: a verdict on the
+    content (CRITICAL, how many bytes arrived), reached without waiting for the retries to run out."""
+    proxy.add(blob_path("big/blob", registry.big), CutAt(RESET_AT), times=None)
+    run = plugin("-R", proxy.url, "-i", "big/blob:1")
+    assert run.code == 2, run.stdout
+    assert run.first.startswith("REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 1 of 1 image: layer "), run.first
+    assert f"truncated: got {RESET_AT} of {BIG_SIZE} bytes (the body ends before its Content-Length, 2 times)" \
+        in run.stdout, run.stdout
+    assert len([r for r in proxy.requests if registry.big in r["path"]]) == 2
 
 
 def test_503_then_success_warns_verified_after_one_retry(plugin, proxy, lab):

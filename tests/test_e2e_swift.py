@@ -229,10 +229,6 @@ def test_warm_cache_serves_old_lengths_with_fewer_or_no_bytes(plugin, swift, sta
     assert run.seconds < 20
 
 
-@pytest.mark.xfail(strict=True, reason="plugin: when a 200 ends short of its Content-Length and the resume with "
-                                       "Range brings no more bytes, the blob is reported as 'connection broken "
-                                       "after 0 bytes: <raw urllib3 repr>' (counting only the last response's "
-                                       "bytes) instead of 'truncated: got N of SIZE bytes'")
 def test_warm_cache_short_body_is_reported_as_truncated_with_the_bytes_got(plugin, swift, start_registry):
     golden = swift.images.golden.digest
     registry = start_registry("cache")
