@@ -49,6 +49,15 @@ def read_password_file(path: str) -> str:
     return password
 
 
+def usual_docker_config() -> Optional[str]:
+    """Where docker (and docker-py's find_config_file) looks: $DOCKER_CONFIG/config.json, ~/.docker/config.json,
+    ~/.dockercfg. Looked up here so that docker-py is imported only when there is a file to read."""
+    home = os.path.expanduser("~")
+    candidates = [os.path.join(os.environ["DOCKER_CONFIG"], "config.json")] if os.environ.get("DOCKER_CONFIG") else []
+    candidates += [os.path.join(home, ".docker", "config.json"), os.path.join(home, ".dockercfg")]
+    return next((path for path in candidates if os.path.isfile(path)), None)
+
+
 def docker_config_credentials(registry_host: str, config_dir: Optional[str]) -> Credentials:
     """Credentials for `registry_host` from a docker config.json (auths, credsStore, credHelpers).
 
@@ -59,8 +68,7 @@ def docker_config_credentials(registry_host: str, config_dir: Optional[str]) -> 
         if not os.path.isfile(path):
             raise UsageError(f"no config.json in --docker-config {config_dir}")
     else:
-        from docker.utils.config import find_config_file  # noqa: PLC0415 (lazy: docker is slow to import)
-        found = find_config_file()
+        found = usual_docker_config()
         if not found:
             return Credentials()
         path = found

@@ -182,3 +182,32 @@ def test_redirect_hop_limit(mock):
                  headers={"Location": f"{REGISTRY}/hop/{hop + 1}"})
     with pytest.raises(RedirectError, match="more than 5 redirects"):
         client().get_manifest("team/app", "1")
+
+
+def test_usual_docker_config_locations_in_docker_order(tmp_path, monkeypatch):
+    from check_registry_deep.auth import usual_docker_config
+    home, custom = tmp_path / "home", tmp_path / "custom"
+    (home / ".docker").mkdir(parents=True)
+    custom.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
+    assert usual_docker_config() is None
+    (home / ".dockercfg").write_text("{}")
+    assert usual_docker_config() == str(home / ".dockercfg")
+    (home / ".docker" / "config.json").write_text("{}")
+    assert usual_docker_config() == str(home / ".docker" / "config.json")
+    (custom / "config.json").write_text("{}")
+    monkeypatch.setenv("DOCKER_CONFIG", str(custom))
+    assert usual_docker_config() == str(custom / "config.json")
+
+
+def test_docker_py_is_not_imported_without_a_docker_config(tmp_path):
+    import subprocess
+    import sys
+    code = ("import sys; from check_registry_deep.auth import load_credentials; "
+            "assert not load_credentials('h', username=None, password_file=None, docker_config=None); "
+            "print('docker' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin",
+                               "PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parents[2])})
+    assert done.stdout.strip() == "False"
