@@ -552,3 +552,17 @@ def test_icinga_shows_a_missing_required_option_as_the_plugin_unknown(scratch):
     wrapper = instance.contrib / "check_registry_deep"
     done = subprocess.run([str(wrapper), "--timeout", "50"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 3 and done.stdout.startswith("REGISTRY_DEEP UNKNOWN - "), done.stdout
+
+
+@needs_icinga2
+def test_readme_icinga_example_validates(scratch):
+    """The README's apply rule, as written, with a host that carries the var it needs."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Icinga 2", 1)[1].split("\n## ", 1)[0]
+    snippet = re.search(r"```\n(apply Service .*?)```", section, re.S).group(1)
+    host = ('object Host "registry.example.org" {\n\tcheck_command = "dummy"\n'
+            '\tvars.registry_url = "https://registry.example.org"\n}\n')
+    instance = Instance(scratch)
+    instance.write(f'include <itl>\ninclude <plugins>\ninclude "{CHECKCOMMAND}"\n{host}{snippet}')
+    counts = instantiated(assert_valid(instance.validate()))
+    assert counts.get("Service") == 1, counts
