@@ -205,3 +205,25 @@ def test_connect_to_reaches_another_backend(plugin, lab, pristine, damaged):
     assert via.first.startswith("REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 2 of 2 images: "), via.first
     ours = [e for e in damaged.access_log() if "check_registry_deep/" in e["agent"]]
     assert ours, "the damaged backend saw no request"
+
+
+def test_connect_to_over_tls_keeps_the_registry_name_for_sni_and_the_certificate(plugin, lab, tmp_path, ca):
+    """The URL names localhost:<port of A>; --connect-to sends everything to B. B's certificate is checked
+    against the name in the URL (localhost), so a wrong name fails even though the bytes come from 127.0.0.1."""
+    first = tls_registry(lab, tmp_path / "a", ca)
+    second = tls_registry(lab, tmp_path / "b", ca)
+    try:
+        second.truncate_blob(lab.images.golden.digest, 100)
+        url = f"https://localhost:{first.port}"
+        direct = plugin("-R", url, *image_args(), "--ca-bundle", str(ca.cert))
+        via = plugin("-R", url, *image_args(), "--ca-bundle", str(ca.cert), "--connect-to", second.host)
+        wrong_name = plugin("-R", f"https://wrong.invalid:{first.port}", *image_args(), "--ca-bundle",
+                            str(ca.cert), "--connect-to", second.host)
+    finally:
+        first.stop()
+        second.stop()
+    assert direct.code == 0, direct.stdout
+    assert via.code == 2, via.stdout
+    assert via.first.startswith("REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 2 of 2 images: "), via.first
+    assert wrong_name.code == 2
+    assert "TLS failure talking to https://wrong.invalid:" in wrong_name.first, wrong_name.first
