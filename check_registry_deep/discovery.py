@@ -12,7 +12,6 @@ from .reference import TAG_RE, ImageRef, validate_repository
 if TYPE_CHECKING:  # the client pulls in requests and tenacity: not at start-up
     from .client import RegistryClient
 
-PAGE_SIZE = 1000
 MAX_PAGES = 1000  # a million names: beyond that a registry is looping us
 
 
@@ -28,12 +27,12 @@ class Discovery:
 
     def images(self, client: RegistryClient) -> List[ImageRef]:
         found = []
-        for repository in _pages(client, f"/v2/_catalog?n={PAGE_SIZE}", "repositories"):
+        for repository in _pages(client, "/v2/_catalog", "repositories"):
             if not self.wants(repository):
                 continue
             validate_repository(repository)
             try:
-                tags = list(_pages(client, f"/v2/{repository}/tags/list?n={PAGE_SIZE}", "tags"))
+                tags = list(_pages(client, f"/v2/{repository}/tags/list", "tags"))
             except NotFound:  # distribution 2.8: NAME_UNKNOWN for a repository holding only untagged manifests
                 tags = []
             for tag in tags:
@@ -45,6 +44,10 @@ class Discovery:
 
 
 def _pages(client: RegistryClient, path: str, key: str) -> Iterator[str]:
+    """Every name of a listing, page by page along its Link headers.
+
+    No `n` is sent: distribution answers 400 PAGINATION_NUMBER_INVALID to an `n` above its catalog.maxentries,
+    and without one it pages by its own size and links the rest."""
     next_path: Optional[str] = path
     for _ in range(MAX_PAGES):
         if next_path is None:

@@ -189,3 +189,16 @@ def test_manual_run_at_a_terminal_shows_progress_and_a_table(pristine, lab):
 def test_no_progress_nor_table_when_not_at_a_terminal(plugin, pristine):
     run = plugin("-R", pristine.url, "-i", "base/golden:1")
     assert run.stderr == "" and "IMAGE" not in run.stdout and len(run.lines) == 1
+
+
+def test_discovery_follows_catalog_pages_of_a_real_registry(plugin, lab, tmp_path):
+    """distribution caps catalog pages at catalog.maxentries and links the next page: 2 names a page here."""
+    registry = lab.registry(tmp_path / "paged", config={"catalog": {"maxentries": 2}})
+    try:
+        run = plugin("-R", registry.url, "--repository", "apps", "--all-tags")
+        catalog = [e for e in registry.access_log() if e["path"].startswith("/v2/_catalog")]
+    finally:
+        registry.stop()
+    assert run.code == 0, run.stdout
+    assert run.first.startswith("REGISTRY_DEEP OK - 6 images, "), run.first
+    assert len(catalog) >= 5, catalog  # 11 repositories, 2 a page
