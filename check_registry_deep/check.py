@@ -13,7 +13,7 @@ from typing import Callable, Dict, Iterator, List, Sequence
 import nagiosplugin
 
 from .errors import DeadlineExceeded, InternalError, UnsupportedDigest
-from .verify import SKIPPED, ContentResult, ScanResult, Target
+from .model import SKIPPED, ContentResult, ScanResult, Target
 
 NAME = "REGISTRY_DEEP"
 MAX_OUTPUT = 8000  # Nagios cuts plugin output at 8 KiB

@@ -12,7 +12,7 @@ import nagiosplugin
 
 from . import __version__
 from .check import SEVERITY, describe, human_bytes, image_states, judge
-from .verify import ScanResult, Target
+from .model import ScanResult, Target
 
 JSON_SCHEMA_VERSION = 1
 

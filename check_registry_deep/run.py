@@ -18,9 +18,10 @@ from .client import RegistryClient, TLSOptions
 from .coverage import Coverage
 from .deadline import Deadline
 from .errors import UsageError
+from .model import ScanResult
 from .reference import ImageRef, Platform
 from .report import table, to_json
-from .verify import Scanner, ScanResult
+from .scan import Scanner
 
 
 def run_check(images: Sequence[Tuple[ImageRef, str]], *, seconds: float, timeout_state: str = "unknown",

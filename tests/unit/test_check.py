@@ -19,8 +19,9 @@ from check_registry_deep.errors import (
     UnsupportedDigest,
 )
 from check_registry_deep.manifests import LAYER, Descriptor
+from check_registry_deep.model import SKIPPED, ContentResult, ScanResult, Target, TargetResult
 from check_registry_deep.reference import Digest, ImageRef, Platform
-from check_registry_deep.verify import FOREIGN_SKIPPED, SKIPPED, ContentResult, ScanResult, Target, TargetResult
+from check_registry_deep.scan import FOREIGN_SKIPPED
 
 REGISTRY = "http://127.0.0.1:5000"
 APP = ImageRef.parse("team/app:1")

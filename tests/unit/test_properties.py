@@ -22,7 +22,7 @@ from check_registry_deep.manifests import (
     parse_manifest,
 )
 from check_registry_deep.reference import Digest, ImageRef
-from check_registry_deep.verify import Scanner
+from check_registry_deep.scan import Scanner
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
