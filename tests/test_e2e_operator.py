@@ -117,11 +117,15 @@ def test_rotating_coverage_verifies_everything_over_successive_runs(plugin, dama
     entries = state_of(state)
     assert len(entries) == 22 and all(e["verified"] for e in entries.values())  # the foreign layer is not there
     assert sum(verified_per_run) >= 22 and len(verified_per_run) > 2
-    # a rotated blob is still HEADed every run: a lost link is caught even when its bytes are not fetched
-    damaged.remove_layer_link("apps/slim", lab.images.images["slim"].blobs[-1])
-    run = plugin(*args)
+    # every run HEADs every blob in every repository, deep or rotated: a lost link is caught either way (the
+    # golden layer's bytes may be fetched through another repository this run, or not at all)
+    damaged.remove_layer_link("apps/slim", lab.images.golden.digest)
+    report = tmp_path / "run.json"
+    run = plugin(*args, "--json", str(report))
     assert run.code == 2
-    assert "404 BLOB_UNKNOWN in apps/slim" in run.stdout
+    assert run.first.startswith("REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 1 of 9 images: "), run.first
+    assert f"{lab.images.golden.digest}: 404 BLOB_UNKNOWN in apps/slim (the repository's link is gone; " in run.stdout
+    assert {c["check"] for c in json.loads(report.read_text())["content"]} >= {"verified", "present"}
 
 
 def test_state_file_survives_overlapping_runs(plugin, pristine, lab, tmp_path):
