@@ -132,6 +132,15 @@ class BlobResponse:
         return chunk
 
 
+def _read_capped(response: requests.Response, what: str) -> bytes:
+    """A manifest or listing body, read raw; past the 4 MiB cap it is refused, not read on."""
+    body = BlobResponse(response, MAX_MANIFEST_BYTES + 1)
+    data = b"".join(iter(lambda: body.read(1 << 20), b""))
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise SizeMismatch(f"{what} exceeds the {MAX_MANIFEST_BYTES // 1048576} MiB cap")
+    return data
+
+
 def _reason(exc: BaseException) -> str:
     """A short reason for a transport failure, without URLs (they could carry a token in a query)."""
     text = str(exc)
@@ -322,10 +331,7 @@ class RegistryClient:
                                   stream=True)
             with response:
                 self._raise_for_status(response, "", ManifestUnknown)
-                body = BlobResponse(response, MAX_MANIFEST_BYTES + 1)
-                data = b"".join(iter(lambda: body.read(1 << 20), b""))
-            if len(data) > MAX_MANIFEST_BYTES:
-                raise SizeMismatch(f"manifest exceeds the {MAX_MANIFEST_BYTES // 1048576} MiB cap")
+                data = _read_capped(response, "manifest")
             return FetchedManifest(data, response.headers.get("Content-Type", ""),
                                    response.headers.get("Docker-Content-Digest"), url)
 
@@ -335,27 +341,26 @@ class RegistryClient:
     def get_page(self, path: str) -> Tuple[dict, Optional[str]]:
         """One page of a JSON listing (catalog, tags) and the path of the next page from its Link header."""
 
+        where = path.split("?")[0]
+
         def fetch() -> Tuple[dict, Optional[str]]:
             response = self._send("GET", f"{self.base_url}{path}", headers={"Accept": "application/json"},
                                   stream=True)
             with response:
-                self._raise_for_status(response, f"GET {path.split('?')[0]}", ManifestUnknown)
-                body = BlobResponse(response, MAX_MANIFEST_BYTES + 1)
-                data = b"".join(iter(lambda: body.read(1 << 20), b""))
+                self._raise_for_status(response, f"GET {where}", ManifestUnknown)
+                data = _read_capped(response, f"listing {where}")
                 link = response.links.get("next", {}).get("url")
-            if len(data) > MAX_MANIFEST_BYTES:
-                raise SizeMismatch(f"listing {path.split('?')[0]} exceeds the 4 MiB cap")
             try:
                 page = json.loads(data)
             except ValueError:
-                raise ManifestInvalid(f"listing {path.split('?')[0]} is not valid JSON") from None
+                raise ManifestInvalid(f"listing {where} is not valid JSON") from None
             if not isinstance(page, dict):
-                raise ManifestInvalid(f"listing {path.split('?')[0]}: expected a JSON object")
+                raise ManifestInvalid(f"listing {where}: expected a JSON object")
             if link:
                 target = urlsplit(urljoin(f"{self.base_url}{path}", link))
                 if (target.scheme, target.netloc) != (self.origin.scheme, self.origin.netloc) or \
                         not target.path.startswith("/v2/"):
-                    raise ManifestInvalid(f"listing {path.split('?')[0]}: Link to another place refused")
+                    raise ManifestInvalid(f"listing {where}: Link to another place refused")
                 link = target.path + (f"?{target.query}" if target.query else "")
             return page, link
 
