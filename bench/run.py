@@ -1,18 +1,23 @@
 #!/usr/bin/env python3
-"""Benchmark check_registry_deep against its limits and its peers on a real local registry (issue 7).
+"""Benchmark check_registry_deep at production sizes against its references, on a real local registry.
 
-Seeds a perf set through the registry lab (8 images sharing a 64 MiB golden layer plus 20-32 MiB own layers,
-~291 MB of unique blobs), then measures in one run, round-robin, medians of --reps repetitions:
+Parts (each prints the plugin next to its references, measured in one run, interleaved, medians):
 
-  limits   hashlib sha256 on one core; curl of every unique blob to /dev/null (the bare transfer)
-  peers    `skopeo copy` of each image into a temp dir; `curl | openssl dgst -sha256`, two pipelines at once
-  plugin   `python -m check_registry_deep -R URL -i ...` as a user runs it (a fresh process each time)
+  gigabyte  8 images sharing a 256 MiB golden layer, 1 GiB of unique blobs: curl of every unique blob in one
+            process and in 2 and 4 at once, hashlib's CPU per GB, skopeo copy of each image
+  fixed     one tiny image end to end, --version, the interpreter alone; the heaviest imports
+  thousand  1,000 images (200 repositories x 5 tags over a small pool of shared layers), by list and by
+            --repository discovery: requests against the floor, 4 curls making the same requests, CPU, RSS
+  latency   200 of those images behind a proxy adding RTT (default 20 ms): -j 4 and -j 16, by list and by
+            discovery, against requests x RTT / concurrency and curls at the same concurrency
 
-and: the plugin's peak RSS verifying a 1 GiB blob, the time of --version and of a run over one tiny image,
-and scaling (wall time as the images double over the same unique bytes, and as the unique bytes double).
-Prints a table, PASS/FAIL per target, and writes bench/out/{results.json,table.md,chart.svg}.
+Usage, after the test setup (tools/test installs docker-registry, curl, skopeo and time):
 
-Usage (after the test setup, tools/test, plus `apt-get install skopeo`):  python3 bench/run.py
+  python3 bench/run.py [PART ...] [--reps N] [--reseed] [--skip-skopeo] [--plugin-args '-j 8']
+
+The registry storage is seeded once (about a minute) and kept in bench/out/lab. Everything talks to
+127.0.0.1 only. A ready-to-paste markdown table goes to stdout and bench/out/table.md, every sample to
+bench/out/results.json.
 """
 
 from __future__ import annotations
@@ -28,59 +33,43 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.proxy import LatencyProxy  # noqa: E402
+from check_registry_deep.manifests import ACCEPT  # noqa: E402
 from registry_lab import LocalRegistry  # noqa: E402
-from registry_lab.images import Layer, push_image, random_bytes, seed_perf_set  # noqa: E402
+from registry_lab.images import Layer, big_bytes, push_image, random_bytes, seed_fleet, seed_gigabyte_set  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
-SEED_VERSION = 1
+SEED_VERSION = 2
+GB = 1e9
 MB = 1e6
-PLUGIN_PYTHON = ROOT / ".venv" / "bin" / "python"
+TIME = "/usr/bin/time"  # GNU time: peak RSS and CPU of exactly one child (Debian package `time`)
 SUBPROCESS_TIMEOUT = 600.0
-
-# Targets (issue 7), all ratios within one run.
-TARGET_BARE = 0.8  # plugin >= 0.8x the bare transfer
-TARGET_SKOPEO = 15.0  # plugin >= 15x skopeo
-TARGET_DOUBLE_IMAGES = 1.15  # doubling images that share their layers adds < 15% time
-TARGET_RSS = 100 * MB  # peak RSS with a 1 GiB blob
-TARGET_VERSION = 0.250  # seconds
+PARTS = ("gigabyte", "fixed", "thousand", "latency")
+LATENCY_GROUP = "fleet/g0"  # 40 repositories x 5 tags: the 200 images behind the proxy
 
 
 # -- seeding -----------------------------------------------------------------------------------------------
 
 def _facts(registry: LocalRegistry, images) -> dict:
-    """Refs in order, and every unique blob with its size and one repository that serves it."""
-    blobs: Dict[str, dict] = {}
-    for image in images.values():
-        for digest in image.blobs:
-            blobs.setdefault(digest, {"size": registry.blob_path(digest).stat().st_size,
-                                      "repository": image.repository})
-    return {"refs": [image.ref for image in images.values()], "blobs": blobs,
-            "bytes": sum(b["size"] for b in blobs.values())}
+    """Each image's ref, repository and blobs, and each unique blob's size."""
+    rows = [{"ref": image.ref, "repository": image.repository, "blobs": list(image.blobs)} for image in images]
+    sizes = {d: registry.blob_path(d).stat().st_size for row in rows for d in row["blobs"]}
+    return {"images": rows, "sizes": sizes, "bytes": sum(sizes.values())}
 
 
 def seed(registry: LocalRegistry) -> dict:
-    """Push every set the bench uses; returns their facts (also kept next to the storage for reuse)."""
     started = time.monotonic()
-    sets = {
-        "perf": _facts(registry, seed_perf_set(registry, prefix="perf", copies=4).images),
-        "half": _facts(registry, seed_perf_set(registry, prefix="perf-half", scale=0.5, seed="perf-half").images),
-        "double": _facts(registry, seed_perf_set(registry, prefix="perf-double", scale=2.0,
-                                                 seed="perf-double").images),
-    }
-    # randbytes takes < 256 MiB a call: a 1 GiB layer from 16 seeded pieces
-    big = Layer(b"".join(random_bytes(f"perf-big-{i}", 64 << 20) for i in range(16)))
-    sets["big"] = _facts(registry, {"big": push_image(registry, "perf/big", "1", [big])})
-    del big
-    sets["tiny"] = _facts(registry, {"tiny": push_image(registry, "perf/tiny", "1",
-                                                        [Layer(random_bytes("perf-tiny", 1024))])})
-    print(f"seeded the perf sets in {time.monotonic() - started:.1f}s", flush=True)
+    sets = {"gigabyte": _facts(registry, seed_gigabyte_set(registry).images.values()),
+            "tiny": _facts(registry, [push_image(registry, "tiny/one", "1", [Layer(random_bytes("tiny", 1024))])]),
+            "fleet": _facts(registry, seed_fleet(registry).images.values())}
+    print(f"seeded in {time.monotonic() - started:.1f}s", flush=True)
     return sets
 
 
@@ -102,39 +91,79 @@ def open_lab(workdir: Path, reseed: bool) -> Tuple[LocalRegistry, dict]:
         raise
 
 
+# -- the requests a workload needs at least ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Request:
+    method: str  # GET or HEAD
+    path: str
+    manifest: bool = False
+
+
+def minimum_requests(images: Sequence[dict]) -> List[Request]:
+    """What verifying these images takes at least: the API check, each manifest, each unique blob's GET once,
+    and a HEAD in every other repository that links it (its link is confirmed, its bytes are not re-read)."""
+    needed = [Request("GET", "/v2/")]
+    needed += [Request("GET", f"/v2/{row['repository']}/manifests/{row['ref'].rsplit(':', 1)[1]}", True)
+               for row in images]
+    linked: Dict[str, List[str]] = {}
+    for row in images:
+        for digest in row["blobs"]:
+            repositories = linked.setdefault(digest, [])
+            if row["repository"] not in repositories:
+                repositories.append(row["repository"])
+    for digest, repositories in linked.items():
+        needed.append(Request("GET", f"/v2/{repositories[0]}/blobs/{digest}"))
+        needed += [Request("HEAD", f"/v2/{repository}/blobs/{digest}") for repository in repositories[1:]]
+    return needed
+
+
+def listing_requests(url: str, prefix: str) -> int:
+    """Requests a discovery of `prefix` takes at least: every catalog page, one tags page per repository."""
+    import requests  # noqa: PLC0415 (the bench's own client, only here)
+
+    repositories, path = 0, "/v2/_catalog"
+    for pages in range(1, 1000):
+        response = requests.get(url + path, timeout=30)
+        response.raise_for_status()
+        repositories += sum(1 for name in response.json()["repositories"]
+                            if name == prefix or name.startswith(prefix + "/"))
+        if "next" not in response.links:
+            return pages + repositories
+        path = response.links["next"]["url"]
+    raise SystemExit("the catalog pages never end")
+
+
 # -- running things ----------------------------------------------------------------------------------------
 
+@dataclass
 class Run:
-    def __init__(self, seconds: float, code: int, output: str, maxrss: int, cpu: float):
-        self.seconds, self.code, self.output, self.maxrss, self.cpu = seconds, code, output, maxrss, cpu
+    seconds: float
+    code: int
+    output: str
+    maxrss: int = -1  # bytes
+    cpu: float = -1.0  # user + system seconds
+    requests: int = -1  # as the registry's access log counted them
 
 
-TIME = "/usr/bin/time"  # GNU time: the peak RSS of exactly one child (Debian package `time`)
+def run(argv: Sequence[str], *, env: Optional[dict] = None) -> Run:
+    """Run a process to its end under GNU time (killed after SUBPROCESS_TIMEOUT): wall, CPU, peak RSS, output.
 
-
-def run(argv: Sequence[str], *, env: Optional[dict] = None, cwd: Optional[Path] = None, rss: bool = False) -> Run:
-    """Run a process to its end (killed after SUBPROCESS_TIMEOUT); its wall time, exit code, output, peak RSS.
-
-    The peak RSS comes from GNU time, not from our own wait4(): a child forked from this (large) process
-    inherits our high-water mark on Linux, and would report it.
-    """
-    maxrss, cpu = -1, -1.0
-    with tempfile.NamedTemporaryFile("r", prefix="bench-rss-") as rss_file:
-        if rss:
-            argv = [TIME, "-f", "%M %U %S", "-o", rss_file.name, *argv]
+    Peak RSS and CPU come from GNU time, not from our own wait4(): a child forked from this (large) process
+    inherits our high-water mark on Linux, and would report it."""
+    with tempfile.NamedTemporaryFile("r", prefix="bench-time-") as usage:
         started = time.perf_counter()
-        process = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        process = subprocess.Popen([TIME, "-f", "%M %U %S", "-o", usage.name, *argv], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         try:
             output, _ = process.communicate(timeout=SUBPROCESS_TIMEOUT)
         except subprocess.TimeoutExpired:
             process.kill()
             output, _ = process.communicate()
         seconds = time.perf_counter() - started
-        if rss:
-            kib, user, system = rss_file.read().split()[-3:]
-            maxrss, cpu = int(kib) * 1024, float(user) + float(system)
-    return Run(seconds, process.returncode, output.decode(errors="replace"), maxrss, cpu)
+        kib, user, system = (usage.read().split() or ["-1", "-1", "0"])[-3:]
+    return Run(seconds, process.returncode, output.decode(errors="replace"), int(kib) * 1024,
+               float(user) + float(system))
 
 
 def checked(result: Run, what: str) -> Run:
@@ -143,79 +172,190 @@ def checked(result: Run, what: str) -> Run:
     return result
 
 
-#: Where the plugin's package is imported from (--plugin-root): this checkout unless told otherwise.
-PLUGIN_ROOT = ROOT
+class Counter:
+    """Counts the requests the registry logs while a block runs (its access log, read from an offset)."""
+
+    def __init__(self, registry: LocalRegistry):
+        self.registry = registry
+
+    def __call__(self, fn: Callable[[], Run]) -> Run:
+        start = self.registry.log_path.stat().st_size
+        result = fn()
+        count, until = -1, time.monotonic() + 2.0
+        while time.monotonic() < until:  # the last lines may land just after the client is done
+            with open(self.registry.log_path, "rb") as log:
+                log.seek(start)
+                now = sum(1 for line in log if b'HTTP/1.1" ' in line)
+            if now == count:
+                break
+            count = now
+            time.sleep(0.05)
+        result.requests = count
+        return result
 
 
-def plugin_command(*args: str) -> Tuple[List[str], dict]:
-    """The plugin as a user runs it: a fresh interpreter, `-m check_registry_deep`, from PLUGIN_ROOT."""
-    return ([str(PLUGIN_PYTHON), "-m", "check_registry_deep", *args],
-            {**os.environ, "PYTHONPATH": str(PLUGIN_ROOT)})
+@dataclass
+class Bench:
+    registry: LocalRegistry
+    sets: dict
+    python: str
+    plugin_root: Path
+    extra: List[str]
+    reps: int
+    samples: Dict[str, List[float]] = field(default_factory=dict)
+
+    def plugin(self, url: str, args: Sequence[str], *, images: Optional[int] = None,
+               unique_bytes: Optional[int] = None) -> Run:
+        """The plugin as Icinga runs it: a fresh interpreter, `-m check_registry_deep`; it must say OK about
+        exactly the images and bytes expected."""
+        env = {**os.environ, "PYTHONPATH": str(self.plugin_root)}
+        argv = [self.python, "-m", "check_registry_deep", "-R", url, "-t", "300", *self.extra, *args]
+        result = checked(run(argv, env=env), "the plugin")
+        if not result.output.startswith("REGISTRY_DEEP OK"):
+            raise SystemExit(f"the plugin did not say OK: {result.output[:500]}")
+        perfdata = perf_values(result.output)
+        if images is not None and perfdata.get("images") != images:
+            raise SystemExit(f"the plugin checked {perfdata.get('images')} images, expected {images}")
+        if unique_bytes is not None and perfdata.get("bytes") != unique_bytes:
+            raise SystemExit(f"the plugin verified {perfdata.get('bytes')} B, expected {unique_bytes}")
+        return result
+
+    def sample(self, name: str, value: float) -> None:
+        self.samples.setdefault(name, []).append(value)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.samples[name])
 
 
-def plugin(registry: LocalRegistry, refs: Sequence[str], extra: Sequence[str] = ()) -> Run:
-    args, env = plugin_command("-R", registry.url, "-t", "300", *extra, *[a for ref in refs for a in ("-i", ref)])
-    result = checked(run(args, env=env, cwd=PLUGIN_ROOT, rss=True), "the plugin")
-    if not result.output.startswith("REGISTRY_DEEP OK"):
-        raise SystemExit(f"the plugin did not say OK: {result.output[:500]}")
-    return result
-
-
-def plugin_bytes(output: str) -> int:
-    """The `bytes` perfdata value of a plugin run."""
-    perfdata = output.splitlines()[0].split("|", 1)[1]
-    for item in perfdata.split():
+def perf_values(output: str) -> Dict[str, float]:
+    values = {}
+    for item in output.splitlines()[0].partition("|")[2].split():
         label, _, value = item.partition("=")
-        if label.strip("'") == "bytes":
-            return int(float(value.split(";")[0].rstrip("B")))
-    raise SystemExit(f"no bytes perfdata in {output[:300]}")
-
-
-def blob_urls(registry: LocalRegistry, facts: dict) -> List[Tuple[str, str, int]]:
-    """(digest, url, size) of every unique blob, largest first."""
-    return [(digest, f"{registry.url}/v2/{blob['repository']}/blobs/{digest}", blob["size"])
-            for digest, blob in sorted(facts["blobs"].items(), key=lambda kv: -kv[1]["size"])]
-
-
-def hashlib_rate(buffer: memoryview) -> float:
-    started = time.perf_counter()
-    hashlib.sha256(buffer).digest()
-    return len(buffer) / (time.perf_counter() - started)
-
-
-def curl_all(registry: LocalRegistry, facts: dict, parallel: int = 1) -> Run:
-    args = ["curl", "-sS", "--fail"]
-    if parallel > 1:
-        args += ["--parallel", "--parallel-max", str(parallel)]
-    for _, url, _ in blob_urls(registry, facts):
-        args += ["-o", "/dev/null", url]
-    return checked(run(args, rss=True), "curl")
-
-
-def curl_openssl(registry: LocalRegistry, facts: dict, pipelines: int = 2) -> float:
-    """`curl URL | openssl dgst -sha256` for every unique blob, `pipelines` at once; each digest checked."""
-
-    def one(item: Tuple[str, str, int]) -> None:
-        digest, url, _ = item
-        curl = subprocess.Popen(["curl", "-sS", "--fail", url], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        number = value.split(";")[0].rstrip("sB%")
         try:
-            dgst = subprocess.run(["openssl", "dgst", "-sha256", "-r"], stdin=curl.stdout, capture_output=True,
-                                  timeout=SUBPROCESS_TIMEOUT, check=True)
-        finally:
-            assert curl.stdout is not None
-            curl.stdout.close()
-            curl.wait(SUBPROCESS_TIMEOUT)
-        got = "sha256:" + dgst.stdout.split()[0].decode()
-        if curl.returncode != 0 or got != digest:
-            raise SystemExit(f"curl | openssl: {url} gave {got} (curl exit {curl.returncode})")
+            values[label.strip("'")] = float(number)
+        except ValueError:
+            pass
+    return values
 
+
+def curl_requests(url: str, shares: Sequence[Sequence[Request]]) -> Run:
+    """`len(shares)` curl processes at once, each making its share of the requests one after the other on one
+    connection (manifests with the plugin's Accept list, blob GETs, HEADs); wall time of the slowest."""
+    configs, processes = [], []
     started = time.perf_counter()
-    with ThreadPoolExecutor(pipelines) as pool:
-        list(pool.map(one, blob_urls(registry, facts)))
-    return time.perf_counter() - started
+    for share in shares:
+        groups: List[str] = []
+        for kind, chosen in (("manifest", [r for r in share if r.manifest]),
+                             ("GET", [r for r in share if r.method == "GET" and not r.manifest]),
+                             ("HEAD", [r for r in share if r.method == "HEAD"])):
+            if not chosen:
+                continue
+            lines = ["silent", "show-error", "fail", 'header = "Accept-Encoding: identity"']
+            if kind == "manifest":
+                lines.append(f'header = "Accept: {ACCEPT}"')
+            if kind == "HEAD":
+                lines.append("head")
+            lines += [f'url = "{url}{r.path}"\noutput = "/dev/null"' for r in chosen]
+            groups.append("\n".join(lines))
+        config = tempfile.NamedTemporaryFile("w", prefix="bench-curl-", suffix=".conf")  # noqa: SIM115
+        config.write("\nnext\n".join(groups) + "\n")
+        config.flush()
+        configs.append(config)
+        processes.append(subprocess.Popen([TIME, "-f", "%M %U %S", "-o", config.name + ".time", "curl", "-K",
+                                           config.name], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT))
+    cpu, codes = 0.0, []
+    for process, config in zip(processes, configs):
+        output, _ = process.communicate(timeout=SUBPROCESS_TIMEOUT)
+        codes.append(process.returncode)
+        usage = Path(config.name + ".time")
+        cpu += sum(map(float, usage.read_text().split()[-2:]))
+        usage.unlink()
+        config.close()
+        if process.returncode:
+            raise SystemExit(f"curl failed ({process.returncode}): {output.decode(errors='replace')[-500:]}")
+    return Run(time.perf_counter() - started, 0, "", -1, cpu)
 
 
-def skopeo_copy(registry: LocalRegistry, facts: dict, policy: Path, refs: Sequence[str]) -> float:
+def split(requests: Sequence[Request], n: int, weight: Callable[[Request], float] = lambda r: 1.0
+          ) -> List[List[Request]]:
+    """Deal requests into n shares of about equal weight (heaviest first onto the lightest share)."""
+    shares: List[List[Request]] = [[] for _ in range(n)]
+    loads = [0.0] * n
+    for request in sorted(requests, key=weight, reverse=True):
+        i = loads.index(min(loads))
+        shares[i].append(request)
+        loads[i] += weight(request)
+    return [share for share in shares if share]
+
+
+def load() -> str:
+    return "load average " + " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+# -- the parts ---------------------------------------------------------------------------------------------
+
+Row = Tuple[str, str, str, str]  # workload, the plugin, its reference, ratio
+Target = Tuple[str, bool, str]  # what, met, measured
+
+
+def part_gigabyte(bench: Bench, skopeo: bool) -> Tuple[List[Row], List[Target]]:
+    facts = bench.sets["gigabyte"]
+    unique, url = facts["bytes"], bench.registry.url
+    refs = [a for row in facts["images"] for a in ("-i", row["ref"])]
+    blobs = [r for r in minimum_requests(facts["images"]) if r.method == "GET" and not r.manifest][1:]
+    size = {f"/v2/{row['repository']}/blobs/{d}": facts["sizes"][d] for row in facts["images"] for d in row["blobs"]}
+    weigh: Callable[[Request], float] = lambda r: size[r.path]  # noqa: E731
+    policy = OUT / "skopeo-policy.json"
+    policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
+    buffer = memoryview(big_bytes("hash", 256 << 20))
+    bench.plugin(url, refs, unique_bytes=unique)  # warm-up: page cache, bytecode, the registry's first requests
+    curl_requests(url, [blobs])
+    for rep in range(bench.reps):
+        result = bench.plugin(url, refs, unique_bytes=unique)
+        bench.sample("gb.plugin", result.seconds)
+        bench.sample("gb.plugin_cpu", result.cpu)
+        bench.sample("gb.plugin_rss", result.maxrss)
+        for n in (1, 2, 4):
+            curl = curl_requests(url, split(blobs, n, weigh))
+            bench.sample(f"gb.curl{n}", curl.seconds)
+            if n == 1:
+                bench.sample("gb.curl_cpu", curl.cpu)
+        started = time.process_time()
+        hashlib.sha256(buffer).digest()
+        bench.sample("gb.hashlib_cpu", (time.process_time() - started) / len(buffer) * GB)
+        if skopeo:
+            bench.sample("gb.skopeo", skopeo_copy(bench.registry, policy, [row["ref"] for row in facts["images"]]))
+        print(f"  gigabyte {rep + 1}/{bench.reps}: plugin {bench.samples['gb.plugin'][-1]:.2f}s, "
+              f"curl {bench.samples['gb.curl1'][-1]:.2f}s ({load()})", flush=True)
+    m = bench.median
+    plugin, curl1 = m("gb.plugin"), m("gb.curl1")
+    best = min(m("gb.curl2"), m("gb.curl4"))
+    cpu_gb, hash_gb = m("gb.plugin_cpu") / unique * GB, m("gb.hashlib_cpu")
+    rows: List[Row] = [
+        (f"8 images, {unique / GB:.2f} GB unique (256 MiB golden layer)", f"{plugin:.2f} s",
+         f"curl, one process, each unique blob to /dev/null: {curl1:.2f} s; 2 / 4 curls at once: "
+         f"{m('gb.curl2'):.2f} / {m('gb.curl4'):.2f} s",
+         f"{curl1 / plugin:.2f}x one curl, {best / plugin:.2f}x the best parallel curl"),
+        ("same, CPU per GB verified", f"{cpu_gb:.2f} s",
+         f"hashlib sha256 of the same bytes: {hash_gb:.2f} s; curl: {m('gb.curl_cpu') / unique * GB:.2f} s",
+         f"{cpu_gb / hash_gb:.2f}x hashlib"),
+        ("same, peak RSS", f"{m('gb.plugin_rss') / MB:.0f} MB", "", ""),
+    ]
+    targets: List[Target] = [
+        ("1 GiB set: >= 1.0x one curl", curl1 / plugin >= 1.0, f"{curl1 / plugin:.2f}x"),
+        ("1 GiB set: >= 0.8x the best parallel curl", best / plugin >= 0.8, f"{best / plugin:.2f}x"),
+        ("CPU per GB <= 1.5x hashlib", cpu_gb / hash_gb <= 1.5, f"{cpu_gb / hash_gb:.2f}x"),
+    ]
+    if skopeo:
+        rows.append(("same, skopeo copy of each image to a dir", f"{plugin:.2f} s", f"{m('gb.skopeo'):.1f} s",
+                     f"{m('gb.skopeo') / plugin:.1f}x faster than skopeo"))
+        targets.append((">= 20x skopeo", m("gb.skopeo") / plugin >= 20, f"{m('gb.skopeo') / plugin:.1f}x"))
+    return rows, targets
+
+
+def skopeo_copy(registry: LocalRegistry, policy: Path, refs: Sequence[str]) -> float:
     """`skopeo copy` of each image into a fresh directory, one after the other, the way one checks by hand."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-skopeo-") as temp:
@@ -225,209 +365,197 @@ def skopeo_copy(registry: LocalRegistry, facts: dict, policy: Path, refs: Sequen
     return time.perf_counter() - started
 
 
-# -- reporting ---------------------------------------------------------------------------------------------
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
-
-
-def svg_chart(rows: List[Tuple[str, float, str]], scaling: List[Tuple[str, float, str]], title: str) -> str:
-    """Two groups of horizontal bars (throughput in MB/s, scaling in s), drawn by hand: no plotting library."""
-    width, label_w, bar_w, row_h = 860, 300, 440, 26
-    colors = {"plugin": "#2b7bba", "limit": "#7a7a7a", "peer": "#d9822b"}
-    parts: List[str] = []
-    y = 40
-
-    def group(heading: str, items: List[Tuple[str, float, str]], unit: str) -> None:
-        nonlocal y
-        parts.append(f'<text x="10" y="{y}" font-weight="bold">{_esc(heading)}</text>')
-        y += 12
-        top = max(value for _, value, _ in items) or 1.0
-        for label, value, kind in items:
-            length = max(1.0, bar_w * value / top)
-            parts.append(f'<text x="{label_w - 8}" y="{y + 17}" text-anchor="end">{_esc(label)}</text>')
-            parts.append(f'<rect x="{label_w}" y="{y + 4}" width="{length:.1f}" height="{row_h - 8}" '
-                         f'fill="{colors[kind]}"/>')
-            parts.append(f'<text x="{label_w + length + 6:.1f}" y="{y + 17}">{value:,.{2 if unit == "s" else 0}f}'
-                         f' {unit}</text>')
-            y += row_h
-        y += 24
-
-    group("Throughput over the unique bytes (MB/s, higher is better)", rows, "MB/s")
-    group("Scaling: plugin wall time (s, lower is better)", scaling, "s")
-    legend = " ".join(f'<rect x="{10 + 120 * i}" y="{y - 10}" width="12" height="12" fill="{color}"/>'
-                      f'<text x="{28 + 120 * i}" y="{y}">{name}</text>'
-                      for i, (name, color) in enumerate(colors.items()))
-    height = y + 16
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="13">'
-            f'<rect width="100%" height="100%" fill="white"/>'
-            f'<text x="10" y="20" font-size="15" font-weight="bold">{_esc(title)}</text>'
-            + "".join(parts) + legend + "</svg>\n")
+def part_fixed(bench: Bench) -> Tuple[List[Row], List[Target]]:
+    url = bench.registry.url
+    tiny = ["-i", bench.sets["tiny"]["images"][0]["ref"]]
+    env = {**os.environ, "PYTHONPATH": str(bench.plugin_root)}
+    version = [bench.python, "-m", "check_registry_deep", "--version"]
+    for _ in range(bench.reps * 2):
+        bench.sample("fixed.python", checked(run([bench.python, "-c", "pass"]), "python").seconds)
+        bench.sample("fixed.version", checked(run(version, env=env), "--version").seconds)
+        bench.sample("fixed.tiny", bench.plugin(url, tiny, images=1).seconds)
+    imports = checked(run([bench.python, "-X", "importtime", "-m", "check_registry_deep", "-R", url, *tiny],
+                          env=env), "-X importtime")
+    heavy = heaviest_imports(imports.output)
+    m = bench.median
+    rows: List[Row] = [
+        ("fixed cost: one image of two tiny blobs", f"{m('fixed.tiny') * 1000:.0f} ms",
+         f"`--version`: {m('fixed.version') * 1000:.0f} ms; python itself: {m('fixed.python') * 1000:.0f} ms",
+         f"imports: {', '.join(f'{name} {ms:.0f} ms' for name, ms in heavy[:4])}"),
+    ]
+    targets: List[Target] = [
+        ("one tiny image <= 120 ms", m("fixed.tiny") <= 0.120, f"{m('fixed.tiny') * 1000:.0f} ms"),
+        ("--version <= 80 ms", m("fixed.version") <= 0.080, f"{m('fixed.version') * 1000:.0f} ms"),
+    ]
+    print("  heaviest top-level imports of a tiny run (-X importtime, cumulative): "
+          + ", ".join(f"{name} {ms:.1f} ms" for name, ms in heavy[:10]), flush=True)
+    return rows, targets
 
 
-def _esc(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def heaviest_imports(stderr: str) -> List[Tuple[str, float]]:
+    """Packages by cumulative import time (their dependencies included) from `-X importtime` output, in ms;
+    the plugin's own package and the interpreter's start-up modules left out."""
+    totals: Dict[str, float] = {}
+    for line in stderr.splitlines():
+        parts = line.split("|")
+        if not line.startswith("import time:") or len(parts) != 3 or not parts[1].strip().isdigit():
+            continue
+        name = parts[2].strip()
+        if "." not in name and name not in totals and name not in ("check_registry_deep", "site", "encodings"):
+            totals[name] = int(parts[1]) / 1000
+    return sorted(totals.items(), key=lambda kv: -kv[1])
+
+
+def part_thousand(bench: Bench) -> Tuple[List[Row], List[Target]]:
+    facts = bench.sets["fleet"]
+    url, count = bench.registry.url, Counter(bench.registry)
+    images_file = OUT / "fleet-images.txt"
+    images_file.write_text("".join(row["ref"] + "\n" for row in facts["images"]))
+    floor = minimum_requests(facts["images"])
+    listing = listing_requests(url, "fleet")
+    n_images = len(facts["images"])
+    by_list = ["-f", str(images_file)]
+    by_discovery = ["--repository", "fleet", "--all-tags"]
+    bench.plugin(url, by_list, images=n_images)  # warm-up
+    for rep in range(bench.reps):
+        curl = count(lambda: curl_requests(url, split(floor, 4)))
+        bench.sample("k.curl4", curl.seconds)
+        bench.sample("k.curl_cpu", curl.cpu)
+        result = count(lambda: bench.plugin(url, by_list, images=n_images))
+        for key, value in (("", result.seconds), ("_cpu", result.cpu), ("_rss", result.maxrss),
+                           ("_requests", result.requests)):
+            bench.sample("k.plugin" + key, value)
+        found = count(lambda: bench.plugin(url, by_discovery, images=n_images))
+        bench.sample("k.discovery", found.seconds)
+        bench.sample("k.discovery_requests", found.requests)
+        print(f"  thousand {rep + 1}/{bench.reps}: plugin {result.seconds:.2f}s ({result.requests} requests), "
+              f"discovery {found.seconds:.2f}s, 4 curls {curl.seconds:.2f}s ({load()})", flush=True)
+    m = bench.median
+    plugin, curl4, requests = m("k.plugin"), m("k.curl4"), m("k.plugin_requests")
+    cpu_ms = m("k.plugin_cpu") / requests * 1000
+    rows: List[Row] = [
+        (f"{n_images:,} images (200 repositories x 5 tags, shared small layers), {requests:,.0f} requests "
+         f"(floor {len(floor):,})", f"{plugin:.2f} s, {m('k.plugin_cpu'):.2f} s CPU, "
+                                   f"{m('k.plugin_rss') / MB:.0f} MB RSS",
+         f"the same requests from 4 curls at once: {curl4:.2f} s",
+         f"{plugin / curl4:.2f}x the curls' time; {cpu_ms:.2f} ms CPU per request "
+         f"(curl {m('k.curl_cpu') / len(floor) * 1000:.2f})"),
+        (f"same through `--repository fleet --all-tags`, {m('k.discovery_requests'):,.0f} requests "
+         f"(floor {len(floor) + listing:,})", f"{m('k.discovery'):.2f} s", f"by list: {plugin:.2f} s",
+         f"{m('k.discovery') / plugin:.2f}x the list"),
+    ]
+    targets: List[Target] = [
+        ("1,000 images: requests <= the floor", requests <= len(floor), f"{requests:,.0f} of {len(floor):,}"),
+        ("1,000 images: <= 1.2x four curls", plugin / curl4 <= 1.2, f"{plugin / curl4:.2f}x"),
+        ("1,000 images: CPU per request <= 0.5 ms", cpu_ms <= 0.5, f"{cpu_ms:.2f} ms"),
+        ("1,000 images: RSS <= 60 MB", m("k.plugin_rss") <= 60 * MB, f"{m('k.plugin_rss') / MB:.0f} MB"),
+        ("discovery within 10 % of the list", m("k.discovery") <= 1.1 * plugin, f"{m('k.discovery') / plugin:.2f}x"),
+        ("discovery: requests <= the floor", m("k.discovery_requests") <= len(floor) + listing,
+         f"{m('k.discovery_requests'):,.0f} of {len(floor) + listing:,}"),
+    ]
+    return rows, targets
+
+
+def part_latency(bench: Bench, rtt: float) -> Tuple[List[Row], List[Target]]:
+    facts = bench.sets["fleet"]
+    chosen = [row for row in facts["images"] if row["repository"].startswith(LATENCY_GROUP + "/")]
+    images_file = OUT / "latency-images.txt"
+    images_file.write_text("".join(row["ref"] + "\n" for row in chosen))
+    floor = minimum_requests(chosen)
+    listing = listing_requests(bench.registry.url, LATENCY_GROUP)
+    by_list = ["-f", str(images_file)]
+    by_discovery = ["--repository", LATENCY_GROUP, "--all-tags"]
+    rows: List[Row] = []
+    targets: List[Target] = []
+    with LatencyProxy(("127.0.0.1", bench.registry.port), up=rtt / 2, down=rtt / 2) as proxy:
+        bench.plugin(proxy.url, by_list, images=len(chosen))  # warm-up
+        for rep in range(bench.reps):
+            for j in (4, 16):
+                bench.sample(f"lat.curl{j}", curl_requests(proxy.url, split(floor, j)).seconds)
+                bench.sample(f"lat.list{j}", bench.plugin(proxy.url, ["-j", str(j), *by_list],
+                                                          images=len(chosen)).seconds)
+                bench.sample(f"lat.discovery{j}", bench.plugin(proxy.url, ["-j", str(j), *by_discovery],
+                                                               images=len(chosen)).seconds)
+            print(f"  latency {rep + 1}/{bench.reps}: -j 4 {bench.samples['lat.discovery4'][-1]:.2f}s, -j 16 "
+                  f"{bench.samples['lat.discovery16'][-1]:.2f}s ({load()})", flush=True)
+    m = bench.median
+    for j, target in ((4, 1.15), (16, 1.3)):
+        ideal = len(floor) * rtt / j
+        ideal_discovery = (len(floor) + listing) * rtt / j
+        ratio = m(f"lat.discovery{j}") / ideal_discovery
+        rows.append((f"{len(chosen)} images behind a proxy adding {rtt * 1000:.0f} ms RTT, -j {j}",
+                     f"by list {m(f'lat.list{j}'):.2f} s; with discovery {m(f'lat.discovery{j}'):.2f} s",
+                     f"requests x RTT / concurrency: {ideal:.2f} s ({len(floor)} requests) / {ideal_discovery:.2f} s "
+                     f"(+{listing} listing); {j} curls: {m(f'lat.curl{j}'):.2f} s",
+                     f"{m(f'lat.list{j}') / ideal:.2f}x / {ratio:.2f}x the ideal"))
+        targets.append((f"{rtt * 1000:.0f} ms RTT, -j {j}, discovery included: <= {target}x ideal", ratio <= target,
+                        f"{ratio:.2f}x"))
+    return rows, targets
 
 
 # -- the run -----------------------------------------------------------------------------------------------
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("parts", nargs="*", metavar="PART", help=f"parts to run (default all: {', '.join(PARTS)})")
     parser.add_argument("--reps", type=int, default=5, help="repetitions; medians are reported (default 5, min 3)")
     parser.add_argument("--workdir", type=Path, default=OUT / "lab",
                         help="registry storage; reused on later runs (default bench/out/lab)")
     parser.add_argument("--reseed", action="store_true", help="throw the storage away and seed again")
-    parser.add_argument("--plugin-args", default="", help="extra plugin options, e.g. '-j 2' (for tuning)")
+    parser.add_argument("--plugin-args", default="", help="extra plugin options, e.g. '-j 8' (for tuning)")
     parser.add_argument("--plugin-root", type=Path, default=ROOT,
                         help="import check_registry_deep from this tree (default: this checkout)")
+    parser.add_argument("--python", default=str(ROOT / ".venv" / "bin" / "python") if (
+        ROOT / ".venv" / "bin" / "python").exists() else sys.executable,
+        help="interpreter that runs the plugin (default: the checkout's .venv, else this one)")
+    parser.add_argument("--rtt", type=float, default=20.0, help="round-trip time the proxy adds, ms (default 20)")
     parser.add_argument("--skip-skopeo", action="store_true", help="leave skopeo out (quick tuning runs)")
     options = parser.parse_args()
-    global PLUGIN_ROOT
-    PLUGIN_ROOT = options.plugin_root.resolve()
-    reps = max(3, min(options.reps, 50))
-    extra = options.plugin_args.split()
-    have_skopeo = shutil.which("skopeo") is not None and not options.skip_skopeo
-    if not have_skopeo and not options.skip_skopeo:
-        raise SystemExit("skopeo is missing: apt-get install skopeo (or pass --skip-skopeo)")
-    for tool, package in (("curl", "curl"), ("openssl", "openssl"), (TIME, "time")):
+    parts = options.parts or list(PARTS)
+    if set(parts) - set(PARTS):
+        parser.error(f"unknown part {sorted(set(parts) - set(PARTS))[0]!r}: choose among {', '.join(PARTS)}")
+    skopeo = "gigabyte" in parts and not options.skip_skopeo
+    for tool, package in (("curl", "curl"), (TIME, "time"), *((("skopeo", "skopeo"),) if skopeo else ())):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: apt-get install {package}")
     OUT.mkdir(parents=True, exist_ok=True)
-
     registry, sets = open_lab(options.workdir, options.reseed)
+    bench = Bench(registry, sets, options.python, options.plugin_root.resolve(), options.plugin_args.split(),
+                  max(3, min(options.reps, 50)))
+    rows: List[Row] = []
+    targets: List[Target] = []
+    loads = [load()]
     try:
-        perf = sets["perf"]
-        refs8, refs16, refs32 = perf["refs"][:8], perf["refs"][:16], perf["refs"][:32]
-        unique = perf["bytes"]
-        policy = OUT / "skopeo-policy.json"
-        policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
-        buffer = memoryview(random_bytes("perf-hash", 128 << 20))
-        print(f"registry {registry.url}; perf set: {len(refs8)} images, {len(perf['blobs'])} unique blobs, "
-              f"{unique / MB:.1f} MB unique; {reps} repetitions", flush=True)
-
-        # warm-up: page cache, the registry's first requests, Python's bytecode cache
-        plugin(registry, refs8, extra)
-        curl_all(registry, perf)
-
-        samples: Dict[str, List[float]] = {}
-
-        def sample(name: str, fn: Callable[[], float]) -> None:
-            samples.setdefault(name, []).append(fn())
-
-        version_args, version_env = plugin_command("--version")
-        for rep in range(reps):
-            sample("hashlib", lambda: hashlib_rate(buffer))
-            curl = curl_all(registry, perf)
-            samples.setdefault("curl", []).append(curl.seconds)
-            samples.setdefault("curl_cpu", []).append(curl.cpu)
-            sample("curl2", lambda: curl_all(registry, perf, parallel=2).seconds)
-            sample("openssl2", lambda: curl_openssl(registry, perf, 2))
-            if have_skopeo:
-                sample("skopeo", lambda: skopeo_copy(registry, perf, policy, refs8))
-
-            def plugin8() -> float:
-                result = plugin(registry, refs8, extra)
-                if plugin_bytes(result.output) != unique:
-                    raise SystemExit(f"the plugin verified {plugin_bytes(result.output)} B, expected {unique}")
-                samples.setdefault("plugin_cpu", []).append(result.cpu)
-                return result.seconds
-
-            sample("plugin", plugin8)
-            sample("plugin16", lambda: plugin(registry, refs16, extra).seconds)
-            sample("plugin32", lambda: plugin(registry, refs32, extra).seconds)
-            sample("half", lambda: plugin(registry, sets["half"]["refs"], extra).seconds)
-            sample("double", lambda: plugin(registry, sets["double"]["refs"], extra).seconds)
-            big = plugin(registry, sets["big"]["refs"], extra)
-            samples.setdefault("big", []).append(big.seconds)
-            samples.setdefault("big_rss", []).append(big.maxrss)
-            samples.setdefault("rss8", []).append(plugin(registry, refs8, extra).maxrss)
-            for _ in range(3):
-                sample("version", lambda: checked(run(version_args, env=version_env, cwd=PLUGIN_ROOT),
-                                                  "--version").seconds)
-                sample("tiny", lambda: plugin(registry, sets["tiny"]["refs"], extra).seconds)
-            print(f"  repetition {rep + 1}/{reps}: plugin {unique / samples['plugin'][-1] / MB:,.0f} MB/s, "
-                  f"curl {unique / samples['curl'][-1] / MB:,.0f} MB/s", flush=True)
+        for part in parts:
+            print(f"{part} ({load()})", flush=True)
+            if part == "gigabyte":
+                found = part_gigabyte(bench, skopeo)
+            elif part == "fixed":
+                found = part_fixed(bench)
+            elif part == "thousand":
+                found = part_thousand(bench)
+            else:
+                found = part_latency(bench, options.rtt / 1000)
+            rows += found[0]
+            targets += found[1]
     finally:
         registry.stop()
-
-    m = {name: median(values) for name, values in samples.items()}
-    # the hashlib sample is a rate; everything else a wall time over the perf set's unique bytes
-    rate = {"hashlib": m["hashlib"]}
-    for name in ("curl", "curl2", "openssl2", "skopeo", "plugin"):
-        if name in m:
-            rate[name] = unique / m[name]
-    labels = {
-        "hashlib": ("limit", "hashlib sha256, one core (in memory)"),
-        "curl": ("limit", "curl to /dev/null, sequential (bare transfer)"),
-        "curl2": ("limit", "curl to /dev/null, 2 parallel"),
-        "plugin": ("plugin", f"check_registry_deep {' '.join(extra) or '(defaults)'}"),
-        "openssl2": ("peer", "curl | openssl dgst -sha256, 2 at once"),
-        "skopeo": ("peer", "skopeo copy of each image to a dir"),
-    }
-    plugin_rate = rate["plugin"]
-    rows = []
-    table = [f"| measured (median of {reps}) | wall time | MB/s of unique bytes | plugin's ratio to it |",
-             "| --- | ---: | ---: | ---: |"]
-    for name in ("hashlib", "curl", "curl2", "plugin", "openssl2", "skopeo"):
-        if name not in rate:
-            continue
-        kind, label = labels[name]
-        wall = f"{m[name]:.2f} s" if name != "hashlib" else "-"
-        ratio = "-" if name == "plugin" else f"{plugin_rate / rate[name]:.2f}x"
-        table.append(f"| {label} | {wall} | {rate[name] / MB:,.0f} | {ratio} |")
-        rows.append((label, rate[name] / MB, kind))
-    steady = unique / max(1e-3, m["plugin"] - m["tiny"])
-    table.append(f"| plugin, start-up excluded (wall minus the tiny-image run) | {m['plugin'] - m['tiny']:.2f} s | "
-                 f"{steady / MB:,.0f} | {steady / rate['curl']:.2f}x of curl |")
-    table.append(f"| CPU (user+sys) per GB: plugin / curl | | {m['plugin_cpu'] / unique * 1e9:.2f} s / "
-                 f"{m['curl_cpu'] / unique * 1e9:.2f} s | |")
-    scaling_rows = [
-        (f"{len(refs8)} images, {unique / MB:.0f} MB unique", m["plugin"], "plugin"),
-        (f"{len(refs16)} images, same blobs", m["plugin16"], "plugin"),
-        (f"{len(refs32)} images, same blobs", m["plugin32"], "plugin"),
-        (f"8 images, {sets['half']['bytes'] / MB:.0f} MB unique", m["half"], "plugin"),
-        (f"8 images, {sets['double']['bytes'] / MB:.0f} MB unique", m["double"], "plugin"),
-    ]
-    table += ["", "| plugin run | wall time | ratio |", "| --- | ---: | ---: |"]
-    table.append(f"| {scaling_rows[0][0]} | {m['plugin']:.2f} s | 1.00 |")
-    table.append(f"| {scaling_rows[1][0]} | {m['plugin16']:.2f} s | {m['plugin16'] / m['plugin']:.2f} |")
-    table.append(f"| {scaling_rows[2][0]} | {m['plugin32']:.2f} s | {m['plugin32'] / m['plugin']:.2f} |")
-    table.append(f"| {scaling_rows[3][0]} | {m['half']:.2f} s | {m['half'] / m['plugin']:.2f} |")
-    table.append(f"| {scaling_rows[4][0]} | {m['double']:.2f} s | {m['double'] / m['plugin']:.2f} |")
-    big_bytes = sets["big"]["bytes"]
-    table.append(f"| one 1 GiB blob | {m['big']:.2f} s | {big_bytes / m['big'] / MB:,.0f} MB/s, "
-                 f"peak RSS {m['big_rss'] / MB:.1f} MB |")
-    table.append(f"| `--version` | {m['version'] * 1000:.0f} ms | |")
-    table.append(f"| one tiny image | {m['tiny'] * 1000:.0f} ms | |")
-    table.append(f"| peak RSS, perf set | | {m['rss8'] / MB:.1f} MB |")
-
-    targets = [
-        ("plugin >= 0.8x bare transfer (curl sequential)", plugin_rate / rate["curl"] >= TARGET_BARE,
-         f"{plugin_rate / rate['curl']:.2f}x"),
-        ("doubling images over shared layers adds < 15% time", m["plugin16"] / m["plugin"] < TARGET_DOUBLE_IMAGES,
-         f"{(m['plugin16'] / m['plugin'] - 1) * 100:+.1f}%"),
-        ("peak RSS < 100 MB with a 1 GiB blob", max(samples["big_rss"]) < TARGET_RSS,
-         f"{max(samples['big_rss']) / MB:.1f} MB (max of {reps})"),
-        ("--version < 250 ms", m["version"] < TARGET_VERSION, f"{m['version'] * 1000:.0f} ms"),
-    ]
-    if "skopeo" in rate:
-        targets.insert(1, ("plugin >= 15x skopeo", plugin_rate / rate["skopeo"] >= TARGET_SKOPEO,
-                           f"{plugin_rate / rate['skopeo']:.1f}x"))
+    loads.append(load())
+    machine = (f"{os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}, "
+               f"{time.strftime('%Y-%m-%d %H:%M')}; {loads[0]} at the start, {loads[1]} at the end; "
+               f"medians of {bench.reps}, interleaved")
+    table = ["| workload | the plugin | its reference | ratio |", "| --- | --- | --- | --- |"]
+    table += [f"| {' | '.join(row)} |" for row in rows]
     table += ["", "| target | measured | |", "| --- | ---: | --- |"]
-    table += [f"| {name} | {value} | {'PASS' if ok else 'FAIL'} |" for name, ok, value in targets]
-    machine = (f"{os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()} (bench), "
-               f"{time.strftime('%Y-%m-%d')}")
+    table += [f"| {name} | {value} | {'met' if ok else 'MISSED'} |" for name, ok, value in targets]
     text = "\n".join(table) + f"\n\n{machine}\n"
     print()
     print(text)
     (OUT / "table.md").write_text(text)
-    (OUT / "results.json").write_text(json.dumps({"samples": samples, "medians": m, "unique_bytes": unique,
-                                                  "machine": machine, "plugin_args": extra,
-                                                  "targets": [(n, ok, v) for n, ok, v in targets]}, indent=1))
-    (OUT / "chart.svg").write_text(svg_chart(rows, scaling_rows, f"check_registry_deep on {len(refs8)} images, "
-                                                                 f"{unique / MB:.0f} MB unique, loopback ({machine})"))
-    print(f"wrote {OUT / 'table.md'}, {OUT / 'results.json'}, {OUT / 'chart.svg'}")
+    (OUT / "results.json").write_text(json.dumps({
+        "samples": bench.samples, "medians": {k: statistics.median(v) for k, v in bench.samples.items()},
+        "machine": machine, "plugin_args": bench.extra, "targets": targets}, indent=1))
+    print(f"wrote {OUT / 'table.md'} and {OUT / 'results.json'}")
     return 0 if all(ok for _, ok, _ in targets) else 1
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -67,9 +68,10 @@ class Image:
 
 def push_image(registry: LocalRegistry, repository: str, tag: Optional[str], layers: Sequence[Layer], *,
                oci: bool = False, config: Optional[bytes] = None, config_media_type: Optional[str] = None,
-               extra: Optional[dict] = None, foreign: Sequence[Layer] = (), foreign_urls: Sequence[str] = ()
-               ) -> Image:
-    """Push blobs and a single-platform manifest; `tag=None` pushes by digest only."""
+               extra: Optional[dict] = None, foreign: Sequence[Layer] = (), foreign_urls: Sequence[str] = (),
+               prebuilt: Sequence[Layer] = ()) -> Image:
+    """Push blobs and a single-platform manifest; `tag=None` pushes by digest only. `prebuilt` layers come first
+    and are already in the repository (mounted), so they are not uploaded again."""
     if config is None:
         config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
                              "rootfs": {"type": "layers", "diff_ids": [layer.digest for layer in layers]},
@@ -78,6 +80,7 @@ def push_image(registry: LocalRegistry, repository: str, tag: Optional[str], lay
     registry.push_blob(repository, config)
     for layer in layers:
         registry.push_blob(repository, layer.data)
+    layers = [*prebuilt, *layers]
     layer_descriptors = [layer.descriptor() for layer in layers]
     for layer in foreign:  # never pushed: clients fetch foreign layers from their urls
         layer_descriptors.append({**layer.descriptor(), "mediaType": DOCKER_FOREIGN, "urls": list(foreign_urls)})
@@ -179,37 +182,69 @@ def seed_sentinels(registry: LocalRegistry, *, golden_size: int = 1 << 20, own_s
     return ImageSet(images, golden)
 
 
-# -- the benchmark's perf set ----------------------------------------------------------------------------
+# -- the benchmark's sets -------------------------------------------------------------------------------
 
-#: Own-layer sizes (MiB) of the perf set's eight images, on top of a 64 MiB golden layer: 278 MiB unique.
-PERF_OWN_MIB = (20, 22, 24, 26, 28, 30, 32, 32)
-
-
-def mount_image(registry: LocalRegistry, source: Image, repository: str, tag: str) -> Image:
-    """The same manifest in another repository, its blobs cross-mounted (no upload): a copy sharing every blob."""
-    for digest in source.blobs:
-        response = registry.session.post(f"{registry.url}/v2/{repository}/blobs/uploads/",
-                                          params={"mount": digest, "from": source.repository}, timeout=30)
-        if response.status_code != 201:
-            raise RuntimeError(f"mounting {digest} into {repository} failed: {response.status_code}")
-    digest = registry.push_manifest(repository, tag, _manifest_bytes(registry, source), source.media_type)
-    return Image(repository, tag, digest, source.media_type, source.blobs)
+#: Own-layer sizes (MiB) of the gigabyte set's eight images, on top of its 256 MiB golden layer: 1 GiB unique.
+GIGABYTE_OWN_MIB = (84, 88, 92, 96, 96, 100, 104, 108)
 
 
-def seed_perf_set(registry: LocalRegistry, *, prefix: str = "perf", scale: float = 1.0, copies: int = 1,
-                  seed: str = "perf") -> ImageSet:
-    """Eight images sharing a golden layer (64 MiB x scale) plus own layers (PERF_OWN_MIB x scale).
+def big_bytes(seed: str, size: int) -> bytes:
+    """Deterministic bytes of any size (randbytes takes less than 256 MiB a call): 64 MiB pieces."""
+    piece = 64 << 20
+    return b"".join(random_bytes(f"{seed}-{i}", min(piece, size - offset))
+                    for i, offset in enumerate(range(0, size, piece)))
 
-    `copies` > 1 adds that many times eight more images in other repositories referencing the very same blobs
-    (more images, same unique bytes); they are named app-<i>-copy<c>, after the eight app-<i>.
-    """
-    golden = Layer(random_bytes(f"{seed}-golden", int((64 << 20) * scale)))
+
+def seed_gigabyte_set(registry: LocalRegistry, *, prefix: str = "gigabyte", golden_mib: int = 256,
+                      own_mib: Sequence[int] = GIGABYTE_OWN_MIB, seed: str = "gigabyte") -> ImageSet:
+    """Eight images sharing one golden layer (256 MiB) plus an own layer each (84-108 MiB): 1 GiB of unique blobs."""
+    golden = Layer(big_bytes(f"{seed}-golden", golden_mib << 20))
     images: Dict[str, Image] = {}
-    for i, mib in enumerate(PERF_OWN_MIB):
-        own = Layer(random_bytes(f"{seed}-own-{i}", int((mib << 20) * scale)))
+    for i, mib in enumerate(own_mib):
+        own = Layer(big_bytes(f"{seed}-own-{i}", mib << 20))
         images[f"app-{i}"] = push_image(registry, f"{prefix}/app-{i}", "1", [golden, own])
-    for copy in range(1, copies):
-        for i in range(len(PERF_OWN_MIB)):
-            images[f"app-{i}-copy{copy}"] = mount_image(registry, images[f"app-{i}"], f"{prefix}/copy{copy}/app-{i}",
-                                                        "1")
     return ImageSet(images, golden)
+
+
+def mount_blob(registry: LocalRegistry, digest: str, source: str, repository: str) -> None:
+    """Cross-mount a blob from `source` into `repository`: a new link, no upload."""
+    response = registry.session.post(f"{registry.url}/v2/{repository}/blobs/uploads/",
+                                     params={"mount": digest, "from": source}, timeout=30)
+    if response.status_code != 201:
+        raise RuntimeError(f"mounting {digest} into {repository} failed: {response.status_code}")
+
+
+def seed_fleet(registry: LocalRegistry, *, prefix: str = "fleet", groups: int = 5, per_group: int = 40,
+               tags: int = 5, pool: int = 16, workers: int = 8, seed: str = "fleet") -> ImageSet:
+    """A namespace of many small images: `groups` x `per_group` repositories (PREFIX/gG/app-NNN) with `tags` tags
+    each, every image an own config plus three layers from a small shared pool (4-64 KiB).
+
+    Each repository's images share its base and runtime layer; each tag adds one app layer from the pool, so a
+    repository links 7 pool layers and every pool layer is linked from many repositories. The pool layers are
+    uploaded once and cross-mounted into each repository; the repositories are pushed `workers` at a time.
+    """
+    layers = [Layer(random_bytes(f"{seed}-pool-{i}", (4 << 10) << (i % 5))) for i in range(pool)]
+    bases, runtimes, apps = layers[:4], layers[4:pool // 2], layers[pool // 2:]
+    home = f"{prefix}-pool"  # outside PREFIX/: not one of the images
+    for layer in layers:
+        registry.push_blob(home, layer.data)
+
+    def repository(number: int) -> List[Image]:
+        name = f"{prefix}/g{number // per_group}/app-{number % per_group:03d}"
+        chosen = [bases[number % len(bases)], runtimes[number % len(runtimes)]]
+        own_apps = [apps[(number + t) % len(apps)] for t in range(tags)]
+        for layer in dict.fromkeys(chosen + own_apps):
+            mount_blob(registry, layer.digest, home, name)
+        pushed = []
+        for t in range(tags):
+            image_layers = chosen + [own_apps[t]]
+            config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Labels": {"tag": f"1.{t}"}},
+                                 "rootfs": {"type": "layers", "diff_ids": [x.digest for x in image_layers]},
+                                 "comment": f"{name} fleet image"}, sort_keys=True).encode()
+            pushed.append(push_image(registry, name, f"1.{t}", [], config=config, prebuilt=image_layers))
+        return pushed
+
+    with ThreadPoolExecutor(workers) as executor:
+        images = {image.ref: image for batch in executor.map(repository, range(groups * per_group))
+                  for image in batch}
+    return ImageSet(images, layers[0])
