@@ -114,10 +114,7 @@ class FakeClient:
     def get_manifest(self, repository: str, reference: str) -> FetchedManifest:
         if reference not in self.manifests:
             raise ManifestUnknown(f"404 MANIFEST_UNKNOWN {reference}", 404, "MANIFEST_UNKNOWN")
-        return FetchedManifest(self.manifests[reference], "", None, reference)
-
-    def with_retries(self, operation, what):
-        return operation(), 0
+        return FetchedManifest(self.manifests[reference], "", None)
 
     def ping(self) -> None:
         pass
@@ -147,4 +144,4 @@ def test_walker_over_hostile_indexes_never_hits_an_internal_error(docs, data):
 def _resolve_only(scanner: Scanner, ref: ImageRef):
     """Run the manifest stage of a scan (no blobs: FakeClient serves none) and return what it found."""
     result = scanner.scan([(ref, "http://hostile.invalid")])
-    return [c for c in result.content if c.kind != "registry"]
+    return [c for c in result.findings if c.kind != "registry"]
