@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from registry_lab.secure import BlobStore, CertificateAuthority, RedirectingFront, TokenIssuer, htpasswd
+from registry_lab.secure import BlobStore, RedirectingFront, TokenIssuer, htpasswd
 
 pytestmark = pytest.mark.e2e
 
@@ -132,22 +132,8 @@ def test_anonymous_token_flow(plugin, lab, tmp_path):
     assert all("Authorization" not in r for r in issuer.requests)
 
 
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory):
-    return CertificateAuthority(tmp_path_factory.mktemp("ca"))
-
-
-def tls_registry(lab, tmp_path, ca, *, client_certs=False):
-    cert, key = ca.issue("registry")
-    tls = {"certificate": str(cert), "key": str(key)}
-    if client_certs:
-        tls["clientcas"] = [str(ca.cert)]
-    registry = lab.registry(tmp_path / "registry", config={"http": {"tls": tls}}, tls=True)
-    return registry
-
-
 def test_tls_with_private_ca(plugin, lab, tmp_path, ca):
-    registry = tls_registry(lab, tmp_path, ca)
+    registry = lab.tls_registry(tmp_path, ca)
     try:
         good = plugin("-R", registry.url, *image_args(), "--ca-bundle", str(ca.cert))
         bad = plugin("-R", registry.url, *image_args())
@@ -165,7 +151,7 @@ def test_tls_with_private_ca(plugin, lab, tmp_path, ca):
 
 
 def test_tls_with_required_client_certificate(plugin, lab, tmp_path, ca):
-    registry = tls_registry(lab, tmp_path, ca, client_certs=True)
+    registry = lab.tls_registry(tmp_path, ca, client_certs=True)
     cert, key = ca.issue("monitoring", client=True)
     try:
         good = plugin("-R", registry.url, *image_args(), "--ca-bundle", str(ca.cert), "--client-cert", str(cert),
@@ -210,8 +196,8 @@ def test_connect_to_reaches_another_backend(plugin, lab, pristine, damaged):
 def test_connect_to_over_tls_keeps_the_registry_name_for_sni_and_the_certificate(plugin, lab, tmp_path, ca):
     """The URL names localhost:<port of A>; --connect-to sends everything to B. B's certificate is checked
     against the name in the URL (localhost), so a wrong name fails even though the bytes come from 127.0.0.1."""
-    first = tls_registry(lab, tmp_path / "a", ca)
-    second = tls_registry(lab, tmp_path / "b", ca)
+    first = lab.tls_registry(tmp_path / "a", ca)
+    second = lab.tls_registry(tmp_path / "b", ca)
     try:
         second.truncate_blob(lab.images.golden.digest, 100)
         url = f"https://localhost:{first.port}"

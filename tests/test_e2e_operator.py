@@ -249,3 +249,36 @@ def test_platform_option_selects_the_rows_of_an_index_with_a_lost_child(plugin, 
         ("linux/arm64/v8", "CRITICAL")]
     assert kept.code == 0, kept.stdout
     assert [(row["platform"], row["state"]) for row in json.loads(kept.stdout)["images"]] == [("linux/amd64", "OK")]
+
+
+def test_rotation_deep_verifies_a_shared_blob_on_each_registry_it_lives_on(plugin, damaged, lab, tmp_path, ca):
+    """Coverage is per (registry, digest): the golden layer verified on one registry says nothing of its copy on
+    another. Registry B's copy has one byte flipped (same size: HEAD cannot tell); one blob a registry a run
+    (--max-bytes 1), and B has five blobs, so by the sixth run B must have fetched and hashed its own copy.
+
+    Before the fix the state file marked B's copy verified whenever A's was, and in this order (one worker, so
+    a lane rotates in a fixed order; B lists the artifact first) B never reached it: always OK."""
+    golden = lab.images.golden.digest
+    other = lab.tls_registry(tmp_path / "b", ca)
+    try:
+        other.flip_byte(golden, 1000)
+        state = tmp_path / "state.json"
+        args = ["-R", damaged.url, "-i", "base/golden:1", "-i", f"{other.host}/artifacts/sbom:1.0",
+                "-i", f"{other.host}/apps/web:1.0", "--ca-bundle", str(ca.cert), "--state-file", str(state),
+                "--max-bytes", "1", "--workers", "1"]
+        runs = []
+        for _ in range(6):
+            runs.append(plugin(*args))
+            if runs[-1].code:
+                break
+        fetched = {entry["path"].rsplit("/", 1)[-1] for entry in other.access_log()
+                   if entry["method"] == "GET" and "/blobs/" in entry["path"]}
+    finally:
+        other.stop()
+    claimed = {key.split(" ", 1)[1] for key, entry in state_of(state).items()
+               if key.startswith(other.url + " ") and entry["verified"]}
+    # the state file claims a blob verified on B only if B served it
+    assert claimed <= fetched, f"verified on {other.url} without a GET there: {sorted(claimed - fetched)}"
+    assert [run.code for run in runs][-1] == 2, [run.first for run in runs]
+    assert runs[-1].first.startswith(f"REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 1 of 3 images: layer "
+                                     f"{golden[:19]}… digest mismatch"), runs[-1].first
