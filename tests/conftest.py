@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Callable, Iterator, List, Optional
 
 import pytest
 
@@ -68,13 +68,15 @@ class Lab:
         template = LocalRegistry(self.workdir, storage=self.storage)
         return template.clone(tmp, **kwargs).start()
 
-    def tls_registry(self, tmp: Path, ca: CertificateAuthority, *, client_certs: bool = False) -> LocalRegistry:
-        """A registry serving https with a certificate from `ca`; with `client_certs`, it requires one from `ca`."""
+    def tls_registry(self, tmp: Path, ca: CertificateAuthority, *, client_certs: bool = False,
+                     config: Optional[dict] = None) -> LocalRegistry:
+        """A registry serving https with a certificate from `ca`; with `client_certs`, it requires one from `ca`.
+        `config` adds to its configuration (an auth section, say)."""
         cert, key = ca.issue("registry")
         tls = {"certificate": str(cert), "key": str(key)}
         if client_certs:
             tls["clientcas"] = [str(ca.cert)]
-        return self.registry(tmp / "registry", config={"http": {"tls": tls}}, tls=True)
+        return self.registry(tmp / "registry", config={**(config or {}), "http": {"tls": tls}}, tls=True)
 
 
 @pytest.fixture(scope="session")
