@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Callable, Iterator, List, Optional
 
 import pytest
 
@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from registry_lab import ImageSet, LocalRegistry, seed_sentinels  # noqa: E402
 from registry_lab.images import Layer, random_bytes, write_schema1  # noqa: E402
+from registry_lab.secure import CertificateAuthority  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,16 @@ class Lab:
         template = LocalRegistry(self.workdir, storage=self.storage)
         return template.clone(tmp, **kwargs).start()
 
+    def tls_registry(self, tmp: Path, ca: CertificateAuthority, *, client_certs: bool = False,
+                     config: Optional[dict] = None) -> LocalRegistry:
+        """A registry serving https with a certificate from `ca`; with `client_certs`, it requires one from `ca`.
+        `config` adds to its configuration (an auth section, say)."""
+        cert, key = ca.issue("registry")
+        tls = {"certificate": str(cert), "key": str(key)}
+        if client_certs:
+            tls["clientcas"] = [str(ca.cert)]
+        return self.registry(tmp / "registry", config={**(config or {}), "http": {"tls": tls}}, tls=True)
+
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
@@ -83,6 +94,12 @@ def pristine(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loc
     registry = lab.registry(tmp_path_factory.mktemp("pristine"))
     yield registry
     registry.stop()
+
+
+@pytest.fixture(scope="session")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
+    """A throwaway certificate authority for the TLS tests."""
+    return CertificateAuthority(tmp_path_factory.mktemp("ca"))
 
 
 @pytest.fixture
