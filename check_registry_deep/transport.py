@@ -81,10 +81,15 @@ class ConnectToAdapter(requests.adapters.HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
 
     def send(self, request: requests.PreparedRequest, *args, **kwargs) -> requests.Response:  # type: ignore[override]
-        parts = urlsplit(request.url or "")
+        url = request.url or ""
+        parts = urlsplit(url)
         request.headers["Host"] = parts.netloc
         request.url = urlunsplit(parts._replace(netloc=self.address))
-        return super().send(request, *args, **kwargs)
+        response = super().send(request, *args, **kwargs)
+        # the answer is the registry's, as far as the rest of the client knows: its 401 is answered, its
+        # Location resolved against the registry's URL
+        response.url = url
+        return response
 
 
 def reason(exc: BaseException) -> str:
