@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
@@ -140,22 +141,34 @@ class Instance:
         return subprocess.run(self.argv("-C"), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
 
     def pki(self, *args: str) -> None:
-        """`icinga2 pki ARGS` with this node's directories (new-ca keeps the CA in its DataDir/ca)."""
-        give_to_daemon_user(self.base)
+        """`icinga2 pki ARGS` with this node's directories (new-ca keeps the CA in its DataDir/ca), as the daemon
+        user: the paths it writes to must be that user's (`give_to_daemon_user`)."""
         defines = [f"--define={key}={value}" for key, value in self.defines.items()]
         done = subprocess.run([str(ICINGA2), "pki", *args, *defines], capture_output=True, text=True, timeout=120,
                               stdin=subprocess.DEVNULL)
         if done.returncode != 0:
             raise RuntimeError(f"icinga2 pki {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
 
-    def sign(self, node: Instance) -> None:
-        """This node as the CA (after `pki("new-ca")`): a key and certificate for `node` (CN = its name), and the
-        CA certificate, in `node`'s DataDir/certs, where its ApiListener looks for them."""
-        give_to_daemon_user(node.base)
-        key, csr, cert = (node.certs / f"{node.node}.{suffix}" for suffix in ("key", "csr", "crt"))
-        self.pki("new-cert", "--cn", node.node, "--key", str(key), "--csr", str(csr))
-        self.pki("sign-csr", "--csr", str(csr), "--cert", str(cert))
-        shutil.copy(self.data / "ca" / "ca.crt", node.certs / "ca.crt")
+    def sign(self, *nodes: Instance) -> None:
+        """This node as the CA (`icinga2 pki new-ca`, unless it has one): a key and certificate for each node (CN =
+        its name), and the CA certificate, in the node's DataDir/certs, where its ApiListener looks for them. The
+        4096-bit keys take a second or more each: the CA's and the nodes' are made in parallel."""
+        def paths(node: Instance) -> Tuple[str, str, str]:
+            key, csr, cert = (str(node.certs / f"{node.node}.{suffix}") for suffix in ("key", "csr", "crt"))
+            return key, csr, cert
+
+        ca = self.data / "ca" / "ca.crt"
+        give_to_daemon_user(self.base, *(node.base for node in nodes))
+        with ThreadPoolExecutor(len(nodes) + 1) as pool:
+            made = [pool.submit(self.pki, "new-cert", "--cn", node.node, "--key", paths(node)[0],
+                                "--csr", paths(node)[1]) for node in nodes]
+            if not ca.exists():
+                made.append(pool.submit(self.pki, "new-ca"))
+            for future in made:
+                future.result()
+        for node in nodes:
+            self.pki("sign-csr", "--csr", paths(node)[1], "--cert", paths(node)[2])
+            shutil.copy(ca, node.certs / "ca.crt")
 
 
 def instantiated(output: str) -> Dict[str, int]:

@@ -210,7 +210,6 @@ def icinga(damaged, lab) -> Iterator[RunningIcinga]:
         pytest.skip("icinga2 is not installed (tools/debian-packages.txt)")
     base = private_dir("icinga-e2e-")
     instance = Instance(base)
-    instance.pki("new-ca")
     instance.sign(instance)
     port = free_port()
     password = os.urandom(12).hex()
