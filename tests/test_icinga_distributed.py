@@ -46,14 +46,18 @@ needs_icinga2 = pytest.mark.skipif(ICINGA2 is None, reason="icinga2 is not insta
 # ------------------------------------------------------------------------------------- deploying, as the docs say
 
 def deploy_on_master(etc: Path) -> Path:
-    """docs/icinga.md's commands on the master, with `etc` for /etc/icinga2; the zones.d folder."""
+    """docs/icinga.md's commands on the master, run as written there, with `etc` for /etc/icinga2 (which Debian
+    ships with an empty zones.d/); the zones.d folder. A symlink in the example would be copied by `cp -r` as a
+    link pointing nowhere, as for a user."""
+    steps = (ROOT / "docs" / "icinga.md").read_text().split("2. **On the master**", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", steps, re.S)
+    assert block, "docs/icinga.md: no commands for the master"
+    commands = [line.strip() for line in block.group(1).splitlines() if line.strip()]
+    assert commands and all(command.startswith("cp ") for command in commands), commands
     zones_d = etc / "zones.d"
     zones_d.mkdir(parents=True, exist_ok=True)
-    shutil.copy(DISTRIBUTED / "zones.conf", etc / "zones.conf")
-    # `cp -r`, not copytree: a symlink in the example would be copied as a link and point nowhere, as for a user
-    subprocess.run(["cp", "-r", *sorted(str(item) for item in (DISTRIBUTED / "master" / "zones.d").iterdir()),
-                    str(zones_d)], check=True, timeout=60)
-    shutil.copy(CHECKCOMMAND, zones_d / "global-templates")
+    subprocess.run(["sh", "-ec", "\n".join(commands).replace("/etc/icinga2", str(etc))], cwd=ROOT, check=True,
+                   timeout=60)
     return zones_d
 
 
