@@ -35,6 +35,7 @@ from registry_lab.icinga import (
 )
 
 CHECKCOMMAND = ROOT / "icinga" / "registry-deep.conf"
+DOCS = ROOT / "docs" / "icinga.md"
 DISTRIBUTED = ROOT / "icinga" / "examples" / "distributed"
 MASTER, EAST, WEST = "master1.example.org", "satellite-east.example.org", "satellite-west.example.org"
 EAST_DEEP, WEST_DEEP = "registry.east.example.org!registry-deep", "registry.west.example.org!registry-deep"
@@ -49,7 +50,7 @@ def deploy_on_master(etc: Path) -> Path:
     """docs/icinga.md's commands on the master, run as written there, with `etc` for /etc/icinga2 (which Debian
     ships with an empty zones.d/); the zones.d folder. A symlink in the example would be copied by `cp -r` as a
     link pointing nowhere, as for a user."""
-    steps = (ROOT / "docs" / "icinga.md").read_text().split("2. **On the master**", 1)[1]
+    steps = DOCS.read_text().split("2. **On the master**", 1)[1]
     block = re.search(r"```sh\n(.*?)```", steps, re.S)
     assert block, "docs/icinga.md: no commands for the master"
     commands = [line.strip() for line in block.group(1).splitlines() if line.strip()]
@@ -93,6 +94,24 @@ def point_at_lab(registries_conf: Path, registry: LocalRegistry, public_url: str
     assert not re.search(r'"https?://[^"]*example\.org', registries_conf.read_text()), "a URL left to edit"
 
 
+def satellite_listener() -> str:
+    """docs/icinga.md's ApiListener settings for a satellite, as written there (comments left out)."""
+    steps = DOCS.read_text().split("3. **On each satellite**", 1)[1]
+    block = re.search(r'object ApiListener "api" \{\n(.*?)\n\s*\}', steps, re.S)
+    assert block, "docs/icinga.md: no ApiListener for the satellites"
+    settings = [line.split("/*")[0].strip() for line in block.group(1).splitlines()]
+    return "".join(f"\t{setting}\n" for setting in settings if setting)
+
+
+def test_the_example_names_every_setting_a_satellite_needs():
+    """The example's comment and docs/icinga.md list the same ApiListener settings, accept_config among them."""
+    comment = (DISTRIBUTED / "master" / "zones.d" / "master" / "services.conf").read_text()
+    settings = [line.strip() for line in satellite_listener().splitlines()]
+    assert "accept_config = true" in settings and "accept_commands = true" in settings, settings
+    missing = [setting for setting in settings if setting not in comment]
+    assert not missing, f"services.conf does not name {missing}"
+
+
 def test_the_example_has_no_links():
     """A link in the example breaks when a user copies the tree (`cp -r` copies the link, which then points
     nowhere, and icinga2 skips it without a word)."""
@@ -132,7 +151,7 @@ class Cluster:
     west: RunningIcinga
     registry: LocalRegistry
     public_url: str
-    started: float  # when the master started: its first 5 minutes are a grace period for unconnected endpoints
+    started: float  # (just before) the master's start: its first 5 minutes are a grace for unconnected endpoints
 
 
 def node_config(instance: Instance, port: int, password: str, *, listener: str = "", more: str = "") -> None:
@@ -192,18 +211,19 @@ def cluster(lab, tmp_path_factory) -> Iterator[Cluster]:
         place_satellites(master.etc / "zones.conf", {EAST: ports[EAST], WEST: ports[WEST]})
         point_at_lab(zones_d / "master" / "registries.conf", registry, public_url, icinga_array(lab.images.refs()))
         node_config(master, ports[MASTER], password, more='object CheckerComponent "checker" { }\n')
-        for satellite, accept_config in ((east, "true"), (west, "false")):
+        forgotten = satellite_listener().replace("accept_config = true", "accept_config = false")
+        assert forgotten != satellite_listener()
+        for satellite, listener in ((east, satellite_listener()), (west, forgotten)):
             shutil.copy(master.etc / "zones.conf", satellite.etc / "zones.conf")
-            node_config(satellite, ports[satellite.node], password,
-                        listener=f"\taccept_config = {accept_config}\n\taccept_commands = true\n")
+            node_config(satellite, ports[satellite.node], password, listener=listener)
 
         # satellite-east first, then the master, which connects to it right away; satellite-west only once the
         # master failed to reach it (the log line of a satellite down), so the master connects to it on its next
         # reconnect timer (every 10 s), the same one that reconnects to satellite-east after the config sync.
+        started = time.time()
         for instance in (east, master):
             nodes[instance.node] = RunningIcinga(instance, ports[instance.node], password)
             nodes[instance.node].start()
-        started = time.time()
         poll(lambda: nodes[MASTER].logged(refused(ports[WEST])), "the master failing to reach satellite-west", 15,
              nodes[MASTER].output)
         nodes[WEST] = RunningIcinga(west, ports[WEST], password).start()
