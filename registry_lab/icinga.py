@@ -82,7 +82,7 @@ def plugin_wrapper(directory: Path) -> Path:
     return directory
 
 
-def poll(probe: Callable[[], Optional[T]], what: str, wait: float, log: Callable[[], str] = str) -> T:
+def poll(probe: Callable[[], Optional[T]], what: str, wait: float, log: Callable[[], str] = lambda: "") -> T:
     """Call `probe` until it answers something other than None (or False); fail naming `what` after `wait` s."""
     deadline = time.monotonic() + wait
     while True:
