@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from registry_lab import ImageSet, LocalRegistry, seed_sentinels  # noqa: E402
+from registry_lab.icinga import private_dir  # noqa: E402
 from registry_lab.images import Layer, random_bytes, write_schema1  # noqa: E402
 from registry_lab.secure import CertificateAuthority  # noqa: E402
 
@@ -108,3 +110,11 @@ def damaged(lab: Lab, tmp_path: Path) -> Iterator[LocalRegistry]:
     registry = lab.registry(tmp_path)
     yield registry
     registry.stop()
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A temporary directory icinga2 can use when it drops to `nobody` (tmp_path is private to the caller)."""
+    path = private_dir("icinga-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
