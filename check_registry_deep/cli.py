@@ -10,13 +10,16 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from . import __version__
 from .discovery import Discovery, compile_pattern
 from .errors import UsageError
 from .reference import DOMAIN_RE, REPOSITORY_RE, ImageRef, Platform
+
+if TYPE_CHECKING:  # metrics.py (and tempfile) only for --metrics-file: --version and plain runs start faster
+    from .metrics import Counts, ImageSample
 
 NAME = "REGISTRY_DEEP"
 EXIT_UNKNOWN = 3
@@ -79,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         "verify the least recently verified first; perfdata 'oldest' is the stalest verification's age")
     add("--json", metavar="FILE", help="write the full result as JSON to FILE (- for stdout, instead of the "
         "plugin's text)")
+    add("--metrics-file", metavar="FILE", help="after every run, write Prometheus metrics to FILE (NAME.prom in "
+        "node_exporter's textfile directory; NAME becomes the label check), atomically; the output stays the same")
     add("-v", "--verbose", action="count", default=0,
         help="more output, repeatable: -v a line per image, -vv progress on stderr, -vvv debug on stderr")
     add("-V", "--version", action="version", version=f"check_registry_deep {__version__}")
@@ -184,6 +189,7 @@ class ScaleOptions:
     max_bytes: Optional[int] = None
     state_file: Optional[str] = None
     json: Optional[str] = None
+    metrics_file: Optional[str] = None
     progress: bool = False
     table: bool = False
 
@@ -226,9 +232,11 @@ def _configure_logging(verbose: int) -> None:
 class _Watchdog:
     """Prints a status line and exits if the run overstays its deadline, whatever it is blocked on."""
 
-    def __init__(self, left: float, seconds: float, state: str):
+    def __init__(self, left: float, seconds: float, state: str,
+                 publish: Callable[[str, int], Tuple[str, int]] = lambda output, code: (output, code)):
         self.lock = threading.Lock()
         self.done = False
+        self.publish = publish
         self.timer = threading.Timer(max(0.0, left) + WATCHDOG_GRACE, self._fire, args=(seconds, state))
         self.timer.daemon = True
 
@@ -238,8 +246,9 @@ class _Watchdog:
                 return
             self.done = True
             code = {"ok": 0, "warning": 1, "critical": 2}.get(state, EXIT_UNKNOWN)
-            sys.stdout.write(f"{NAME} {state.upper()} - deadline of {seconds:g}s passed and the run did not "
-                             f"wind down\n")
+            output, code = self.publish(f"{NAME} {state.upper()} - deadline of {seconds:g}s passed and the run "
+                                        f"did not wind down\n", code)
+            sys.stdout.write(output)
             sys.stdout.flush()
             os._exit(code)
 
@@ -257,8 +266,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.monotonic()  # -t counts from here, imports included
     verbose = 0
     watchdog = None
+    metrics_file = None
     try:
-        options = build_parser().parse_args(argv)
+        try:
+            options = build_parser().parse_args(argv)
+        except UsageError:
+            metrics_file = lenient_metrics_file(argv)
+            raise
+        metrics_file = options.metrics_file
+        if metrics_file:
+            from .metrics import load  # noqa: PLC0415
+            load()
         verbose = options.verbose
         _configure_logging(verbose)
         seconds, timeout_state = parse_timeout(options.timeout)
@@ -270,32 +288,71 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         discovery = discovery_options(options)
         images = plan_images(options.registry, texts, allow_none=discovery is not None)
         platforms = [Platform.parse(p) for p in options.platform]
-        watchdog = _Watchdog(seconds - (time.monotonic() - started), seconds, timeout_state)
+        watchdog = _Watchdog(seconds - (time.monotonic() - started), seconds, timeout_state,
+                             lambda output, code: publish_metrics(metrics_file, output, code, started))
         watchdog.timer.start()
         from .run import run_check  # deferred: requests, tenacity and nagiosplugin cost time at start-up
         access = access_options(options)
         interactive = sys.stdout.isatty() and sys.stderr.isatty()  # a person at a terminal; never Icinga
         scale = ScaleOptions(discovery, tuple(normalize_registry(url) for url in options.compare_registry),
-                             parse_bytes(options.max_bytes), options.state_file, options.json,
+                             parse_bytes(options.max_bytes), options.state_file, options.json, metrics_file,
                              progress=interactive, table=interactive and options.json != "-")
         output, exitcode = run_check(images, seconds=seconds, timeout_state=timeout_state, workers=options.workers,
                                      platforms=platforms, warning=options.warning, critical=options.critical,
                                      verbose=verbose, access=access, scale=scale, started=started)
     except UsageError as exc:  # user input may hold a |, which Nagios would read as the start of perfdata
-        output, exitcode = f"{NAME} UNKNOWN - {exc}\n".replace("|", "/"), EXIT_UNKNOWN
+        output, exitcode = publish_metrics(metrics_file, f"{NAME} UNKNOWN - {exc}\n".replace("|", "/"),
+                                           EXIT_UNKNOWN, started)
     except KeyboardInterrupt:
-        output, exitcode = f"{NAME} UNKNOWN - interrupted\n", EXIT_UNKNOWN
+        output, exitcode = publish_metrics(metrics_file, f"{NAME} UNKNOWN - interrupted\n", EXIT_UNKNOWN, started)
     except Exception as exc:  # the last line of defence: one line, and a traceback only at -vvv
         output = f"{NAME} UNKNOWN - internal error: {type(exc).__name__}: {exc}\n".replace("|", "/")
         if verbose >= 3:
             output += traceback.format_exc().replace("|", "/")
-        exitcode = EXIT_UNKNOWN
+        output, exitcode = publish_metrics(metrics_file, output, EXIT_UNKNOWN, started)
     if watchdog is not None:
         watchdog.finish(output)
     else:
         sys.stdout.write(output)
         sys.stdout.flush()
     return exitcode
+
+
+# -- --metrics-file (issue 15) ----------------------------------------------------------------------------
+
+def lenient_metrics_file(argv: Optional[Sequence[str]]) -> Optional[str]:
+    """--metrics-file of a command line the full parser refused: a usage error still reaches Prometheus."""
+    parser = _Parser(add_help=False)
+    parser.add_argument("--metrics-file")
+    try:
+        return parser.parse_known_args(argv)[0].metrics_file
+    except UsageError:
+        return None
+
+
+def publish_metrics(path: Optional[str], output: str, exitcode: int, started: float,
+                    images: Sequence[ImageSample] = (), counts: Optional[Counts] = None,
+                    text: bool = True) -> Tuple[str, int]:
+    """Write the run's metrics to `path` (if given). The output and exit code stay as they are, unless the file
+    cannot be written: then that is one more line (on stderr, when the output is JSON), UNKNOWN if it was OK."""
+    if not path:
+        return output, exitcode
+    from .metrics import RunMetrics, write_metrics  # noqa: PLC0415
+    problem = write_metrics(path, RunMetrics(exitcode, time.monotonic() - started, time.time(), tuple(images),
+                                             counts))
+    if problem is None:
+        return output, exitcode
+    problem = problem.replace("|", "/").replace("\n", " ")
+    if not text:
+        sys.stderr.write(problem + "\n")
+        return output, exitcode or EXIT_UNKNOWN
+    first, _, rest = output.partition("\n")
+    if exitcode != 0:
+        return f"{first}\nUNKNOWN: {problem}\n{rest}", exitcode
+    status, bar, perfdata = first.partition(" | ")
+    summary = status.partition(" - ")[2]
+    first = f"{NAME} UNKNOWN - {problem}" + (f"; {summary}" if summary else "") + bar + perfdata
+    return f"{first}\n{rest}", EXIT_UNKNOWN
 
 
 def run() -> None:

@@ -12,15 +12,16 @@ import nagiosplugin
 import urllib3
 
 from .auth import load_credentials
-from .check import build_check, render
-from .cli import AccessOptions, ScaleOptions
+from .check import build_check, judge, render
+from .cli import AccessOptions, ScaleOptions, publish_metrics
 from .client import RegistryClient, TLSOptions
 from .coverage import Coverage
 from .deadline import Deadline
 from .errors import UsageError
+from .metrics import Counts, ImageSample
 from .model import ScanResult
 from .reference import ImageRef, Platform
-from .report import table, to_json
+from .report import image_rows, table, to_json
 from .scan import Scanner
 
 
@@ -56,6 +57,9 @@ def run_check(images: Sequence[Tuple[ImageRef, str]], *, seconds: float, timeout
             write_file(scale.json, document)
     if scale.table:
         output += "\n" + table(scan)
+    if scale.metrics_file:  # last: the file records the run's final state
+        return publish_metrics(scale.metrics_file, output, check.exitcode, deadline.started,
+                               *metrics_facts(scan, images), text=scale.json != "-")
     return output, check.exitcode
 
 
@@ -89,6 +93,20 @@ def remember(scan: ScanResult, coverage: Coverage, access: AccessOptions) -> Sca
     notes = ("TLS certificates NOT verified (--insecure)",) if access.insecure else ()
     oldest = coverage.oldest_age(seen) if coverage.state_file else None
     return dataclasses.replace(scan, notes=notes, oldest_verification=oldest)
+
+
+def metrics_facts(scan: ScanResult, given: Sequence[Tuple[ImageRef, str]]) -> Tuple[Tuple[ImageSample, ...], Counts]:
+    """For --metrics-file: a sample per image (and platform) given with -i/-f that the run judged (pullable:
+    OK or WARNING), and counts; images found by discovery are only counted, to keep the series bounded."""
+    named = {(str(ref), registry) for ref, registry in given}
+    samples = tuple(ImageSample(row["registry"], row["image"], row["platform"], row["state"] != "CRITICAL")
+                    for row in image_rows(scan)
+                    if (row["image"], row["registry"]) in named and row["state"] != "UNKNOWN")
+    given_refs = {ref for ref, _ in given}
+    verified = scan.verified_blobs
+    broken = [c for c in scan.content if c.kind not in ("registry", "internal") and judge(c) == nagiosplugin.Critical]
+    return samples, Counts(len(scan.images), sum(1 for ref in scan.images if ref not in given_refs), len(broken),
+                           len(verified), sum(c.bytes_read for c in verified), scan.retries, scan.oldest_verification)
 
 
 def write_file(path: str, text: str) -> None:
