@@ -127,6 +127,17 @@ class LocalPrometheus(_Daemon):
         response.raise_for_status()
         return response.json()["data"]
 
+    def wait_for_sample(self, query: str, wait: float = 30.0) -> List[Dict]:
+        """The result of `query` once it has one (the first scrape comes some seconds after the start)."""
+        until = time.monotonic() + wait
+        while True:
+            result = self.api("query", query=query)["result"]
+            if result:
+                return result
+            if time.monotonic() > until:
+                raise AssertionError(f"no result for {query} within {wait}s")
+            time.sleep(0.25)
+
     def alerts(self) -> List[Dict]:
         return self.api("alerts")["alerts"]
 

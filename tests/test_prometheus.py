@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from registry_lab import SilentServer
-from registry_lab.prometheus import NodeExporter
+from registry_lab.prometheus import PROMETHEUS, LocalPrometheus, NodeExporter
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "prometheus" / "registry-deep.rules.yml"
@@ -184,7 +184,8 @@ def test_timeouts_and_usage_errors_write_a_file_node_exporter_reads_next_to_othe
         timeout.first
     # argparse refuses the command line: --metrics-file is still found
     refused = plugin("-R", pristine.url, "--bogus", "--metrics-file", str(textfile / "refused.prom"))
-    assert (refused.code, refused.stdout) == (3, "REGISTRY_DEEP UNKNOWN - unrecognized arguments: --bogus (see --help)\n")
+    assert (refused.code, refused.stdout) == (
+        3, "REGISTRY_DEEP UNKNOWN - unrecognized arguments: --bogus (see --help)\n")
     # parsed, then refused
     invalid = plugin("-R", pristine.url, "-i", "a:1", "-t", "soon", f"--metrics-file={textfile / 'invalid.prom'}")
     assert invalid.code == 3
@@ -263,3 +264,30 @@ def test_version_and_a_run_without_metrics_do_not_import_prometheus_client(tmp_p
         assert done.returncode in (0, 3), done.stdout
         assert "prometheus_client" not in done.stderr and "check_registry_deep.metrics" not in done.stderr
         assert "check_registry_deep.cli" in done.stderr  # the import trace is there
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not Path(PROMETHEUS).exists(), reason="prometheus is not installed (tools/debian-packages.txt)")
+def test_a_real_prometheus_with_the_rules_fires_on_the_broken_image(plugin, damaged, lab, tmp_path, textfile,
+                                                                     node_exporter):
+    args = ["-R", damaged.url, *image_args(lab.images.refs()), "--metrics-file", str(textfile / "sentinels.prom")]
+    assert plugin(*args).code == 0
+    with LocalPrometheus(tmp_path / "prometheus", [node_exporter.address], [RULES]) as prometheus:
+        prometheus.wait_for_sample('registry_deep_state{check="sentinels"} == 0')
+        assert not [a for a in prometheus.alerts() if a["labels"]["alertname"].startswith("RegistryDeep")]
+
+        damaged.truncate_blob(lab.images.golden.digest, 4096)
+        assert plugin(*args).code == 2
+        alert = prometheus.wait_for_alert("RegistryDeepImageBroken", image="apps/legacy:2.0", platform="linux/386")
+        assert alert["labels"]["severity"] == "critical"
+        assert alert["labels"]["registry"] == damaged.url
+        assert alert["annotations"]["summary"] == \
+            f"{damaged.url} serves a broken image: apps/legacy:2.0 (linux/386)"
+        firing = {a["labels"].get("image") for a in prometheus.alerts() if a["state"] == "firing"}
+        assert "artifacts/sbom:1.0" not in firing
+
+        # a check that has never had an OK run, here for its arguments
+        assert plugin("--bogus", "--metrics-file", str(textfile / "misconfigured.prom")).code == 3
+        alert = prometheus.wait_for_alert("RegistryDeepCheckNotFinishing", check="misconfigured")
+        assert alert["annotations"]["summary"] == \
+            f"check_registry_deep misconfigured on {node_exporter.address} has not finished a fully OK run yet"
