@@ -15,6 +15,7 @@ from typing import Dict, Iterator, Tuple
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from check_registry_deep.metrics import Counts, ImageSample, RunMetrics, exposition
 from registry_lab import SilentServer
 from registry_lab.prometheus import PROMETHEUS, LocalPrometheus, NodeExporter
 
@@ -291,3 +292,14 @@ def test_a_real_prometheus_with_the_rules_fires_on_the_broken_image(plugin, dama
         alert = prometheus.wait_for_alert("RegistryDeepCheckNotFinishing", check="misconfigured")
         assert alert["annotations"]["summary"] == \
             f"check_registry_deep misconfigured on {node_exporter.address} has not finished a fully OK run yet"
+
+
+def test_the_readme_documents_every_metric_and_every_rule_as_shipped():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Prometheus: a durability SLI")[1].split("\n## ")[0]
+    documented = set(re.findall(r"[|,] `(registry_deep_\w+)[`{]", section))
+    full = RunMetrics(2, 1.0, 1.0, (ImageSample("https://r", "a:1", "", False),), Counts(1, 0, 1, 1, 1, 0, 1.0))
+    written = {family.name for family in text_string_to_metric_families(exposition(full, "x", None).decode())}
+    assert documented == written
+    shipped = dict(re.findall(r"- alert: (\w+)\n\s+expr: (.+)", RULES.read_text()))
+    assert dict(re.findall(r"\| `(RegistryDeep\w+)` \(\w+\) \| `([^`]+)`", section)) == shipped
