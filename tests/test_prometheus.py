@@ -3,6 +3,7 @@ and the plugin's file read by Debian's real node_exporter and prometheus on 127.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -303,3 +304,12 @@ def test_the_readme_documents_every_metric_and_every_rule_as_shipped():
     assert documented == written
     shipped = dict(re.findall(r"- alert: (\w+)\n\s+expr: (.+)", RULES.read_text()))
     assert dict(re.findall(r"\| `(RegistryDeep\w+)` \(\w+\) \| `([^`]+)`", section)) == shipped
+
+
+@pytest.mark.e2e
+def test_with_json_on_stdout_a_failed_metrics_write_goes_to_stderr(plugin, pristine, tmp_path):
+    missing = tmp_path / "no-such-dir" / "registry-deep.prom"
+    run = plugin("-R", pristine.url, "-i", "base/golden:1", "--json", "-", "--metrics-file", str(missing))
+    assert run.code == 3
+    assert json.loads(run.stdout)["state"] == "OK"  # the document stays valid
+    assert run.stderr == f"cannot write --metrics-file {missing}: No such file or directory\n"

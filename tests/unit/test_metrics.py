@@ -1,13 +1,16 @@
-"""metrics.py: the exposition a run writes, the last success carried over, the atomic write and its failure."""
+"""metrics.py: the exposition a run writes, the last success carried over, the atomic write and its failure;
+and the watchdog's last-resort write."""
 
 from __future__ import annotations
 
 import os
 import stat
-from typing import Dict, Tuple
+import time
+from typing import Dict, List, Tuple
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from check_registry_deep import cli
 from check_registry_deep.metrics import Counts, ImageSample, RunMetrics, check_label, exposition, write_metrics
 
 REGISTRY = "http://127.0.0.1:5000"
@@ -118,3 +121,16 @@ def test_a_failed_write_is_one_line_and_leaves_no_temporary_file(tmp_path, monke
 def test_the_check_label_is_the_file_name_without_prom():
     assert check_label("/var/lib/prometheus/node-exporter/registry-deep.prom") == "registry-deep"
     assert check_label("metrics.txt") == "metrics.txt"
+
+
+def test_the_watchdog_writes_the_metrics_before_it_ends_an_overstaying_run(tmp_path, monkeypatch, capsys):
+    prom = tmp_path / "sentinels.prom"
+    exits: List[int] = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    started = time.monotonic()
+    watchdog = cli._Watchdog(0, 2, "critical", lambda output, code: cli.publish_metrics(str(prom), output, code,
+                                                                                         started))
+    watchdog._fire(2, "critical")
+    assert exits == [2]
+    assert capsys.readouterr().out == "REGISTRY_DEEP CRITICAL - deadline of 2s passed and the run did not wind down\n"
+    assert value(prom.read_text(), "registry_deep_state", check="sentinels") == 2
