@@ -1,8 +1,10 @@
 """A run as Prometheus metrics, for node_exporter's textfile collector: the same run feeds Icinga and an SLI.
 
 Presentation only: it is handed the run's exit code, counts and per-image verdicts (`RunMetrics`) and judges
-nothing. prometheus_client writes the exposition format and escapes the label values; it costs some 50 ms to
-import, so it is imported only when --metrics-file is given (`load`), never by a plain run or --version.
+nothing; `publish` is the one call of every path out of a run (app.py after a check; cli.py after a usage error,
+an internal error, and from the watchdog). prometheus_client writes the exposition format and escapes the label
+values; it costs some 50 ms to import, so it is imported only when --metrics-file is given (`load`), never by a
+plain run or --version.
 
 Every series carries `check`, the file's name without `.prom`: node_exporter merges all files of its directory,
 and two runs (one per datacenter, say) writing the same series into two files would lose one of them silently.
@@ -11,10 +13,13 @@ and two runs (one per datacenter, say) writing the same series into two files wo
 from __future__ import annotations
 
 import os
+import sys
+import time
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from .atomic import replace_file
+from .states import EXIT_CODES, OK, UNKNOWN, status_line
 
 LAST_SUCCESS = "registry_deep_last_success_timestamp_seconds"
 #: node_exporter runs as another user (prometheus on Debian): the file must be readable by it.
@@ -125,3 +130,27 @@ def write_metrics(path: str, run: RunMetrics) -> Optional[str]:
     except OSError as exc:
         return f"cannot write --metrics-file {path}: {exc.strerror or exc}"
     return None
+
+
+def publish(path: Optional[str], output: str, exitcode: int, started: float, images: Sequence[ImageSample] = (),
+            counts: Optional[Counts] = None, text: bool = True) -> Tuple[str, int]:
+    """Write the run's metrics to `path` (if given). The output and exit code stay as they are, unless the file
+    cannot be written: then that is one more line (on stderr when the output is JSON), and UNKNOWN if it was OK.
+    `started` is the run's time.monotonic() start."""
+    if not path:
+        return output, exitcode
+    problem = write_metrics(path, RunMetrics(exitcode, time.monotonic() - started, time.time(), tuple(images),
+                                             counts))
+    if problem is None:
+        return output, exitcode
+    problem = problem.replace("|", "/").replace("\n", " ")  # a | would start perfdata
+    worse = exitcode if exitcode != EXIT_CODES[OK] else EXIT_CODES[UNKNOWN]
+    if not text:
+        sys.stderr.write(problem + "\n")
+        return output, worse
+    first, _, rest = output.partition("\n")
+    if exitcode != EXIT_CODES[OK]:
+        return f"{first}\nUNKNOWN: {problem}\n{rest}", exitcode
+    status, bar, perfdata = first.partition(" | ")
+    summary = status.partition(" - ")[2]
+    return status_line(UNKNOWN, problem + (f"; {summary}" if summary else "")) + bar + perfdata + f"\n{rest}", worse

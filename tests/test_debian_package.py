@@ -63,7 +63,7 @@ def test_plugin_is_installed_by_the_package_with_debians_python():
 
 
 def test_modules_and_libraries_come_from_debian():
-    code = ("import check_registry_deep, check_registry_deep.run, requests, nagiosplugin, tenacity\n"
+    code = ("import check_registry_deep, check_registry_deep.app, requests, nagiosplugin, tenacity\n"
             "for m in (check_registry_deep, requests, nagiosplugin, tenacity): print(m.__file__)")
     done = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True, env=clean_env(),
                           cwd="/", check=True)
