@@ -313,3 +313,16 @@ def test_with_json_on_stdout_a_failed_metrics_write_goes_to_stderr(plugin, prist
     assert run.code == 3
     assert json.loads(run.stdout)["state"] == "OK"  # the document stays valid
     assert run.stderr == f"cannot write --metrics-file {missing}: No such file or directory\n"
+
+
+@pytest.mark.e2e
+def test_a_platform_whose_manifest_is_gone_is_0_and_its_sibling_1(plugin, damaged, lab, tmp_path):
+    multi = lab.images.images["multi"]
+    damaged.remove_manifest_revision("apps/multi", multi.children["linux/arm64/v8"])
+    prom = tmp_path / "multi.prom"
+    run = plugin("-R", damaged.url, "-i", "apps/multi:1.0", "--metrics-file", str(prom))
+    assert run.code == 2
+    assert run.first.startswith("REGISTRY_DEEP CRITICAL - 1 broken manifest, breaking 1 of 1 image: "), run.first
+    text = prom.read_text()
+    assert image_ok(text, "multi") == {"apps/multi:1.0 (linux/amd64)": 1, "apps/multi:1.0 (linux/arm64/v8)": 0}
+    assert one(text, "registry_deep_broken_blobs", "multi") == 1
