@@ -12,51 +12,73 @@ import nagiosplugin
 import urllib3
 
 from .auth import load_credentials
-from .check import build_check, render
-from .cli import AccessOptions, ScaleOptions
-from .client import RegistryClient, TLSOptions
+from .check import build_check, image_verdicts, judge, render
+from .client import RegistryClient
 from .coverage import Coverage
 from .deadline import Deadline
 from .errors import UsageError
+from .metrics import Counts, ImageSample, publish
 from .model import ScanResult
-from .reference import ImageRef, Platform
+from .options import AccessOptions, CheckOptions
+from .reference import ImageRef
 from .report import table, to_json
 from .scan import Scanner
+from .states import CRITICAL, UNKNOWN
+from .transport import TLSOptions
 
 
-def run_check(images: Sequence[Tuple[ImageRef, str]], *, seconds: float, timeout_state: str = "unknown",
-              workers: int = 4, platforms: Sequence[Platform] = (), warning: str = "", critical: str = "",
-              verbose: int = 0, access: AccessOptions = AccessOptions(), scale: ScaleOptions = ScaleOptions(),
-              started: Optional[float] = None) -> Tuple[str, int]:
+def run_check(options: CheckOptions) -> Tuple[str, int]:
     """Run the whole check; returns the plugin's output and exit code."""
-    for name, spec in (("--warning", warning), ("--critical", critical)):
+    access, scale = options.access, options.scale
+    for name, spec in (("--warning", options.warning), ("--critical", options.critical)):
         try:
             nagiosplugin.Range(spec)
         except ValueError as exc:
             raise UsageError(f"invalid {name} range {spec!r}: {exc}") from None
-    deadline = Deadline(seconds, started=started)
-    registries = list(dict.fromkeys([registry for _, registry in images]
+    deadline = Deadline(options.seconds, started=options.started)
+    registries = list(dict.fromkeys([registry for _, registry in options.images]
                                     + ([access.registry] if access.registry else []) + list(scale.replicas)))
-    clients = make_clients(registries, deadline, workers, access, explicit={access.registry, *scale.replicas})
+    clients = make_clients(registries, deadline, options.workers, access,
+                           explicit={access.registry, *scale.replicas})
     coverage = Coverage(scale.state_file, scale.max_bytes)
     with progress_bar(scale.progress) as progress:
-        scanner = Scanner(clients.__getitem__, deadline, workers=workers, platforms=platforms,
+        scanner = Scanner(clients.__getitem__, deadline, workers=options.workers, platforms=options.platforms,
                           discovery=(access.registry, scale.discovery) if scale.discovery and access.registry
                           else None, replicas=scale.replicas, choose_deep=coverage.choose, progress=progress)
-        check = build_check(lambda: remember(scanner.scan(images), coverage, access), warning=warning,
-                            critical=critical, timeout_state=timeout_state, verbose=verbose)
+        check = build_check(lambda: remember(scanner.scan(options.images), coverage, access),
+                            warning=options.warning, critical=options.critical, timeout_state=options.timeout_state,
+                            verbose=options.verbose)
         check()
     output = render(check)
     scan: ScanResult = check.resources[0].result
     if scale.json:
-        document = to_json(scan, check.state, check.summary_str)
+        document = to_json(scan, check.state_word, check.summary_str)
         if scale.json == "-":
             output = document
         else:
             write_file(scale.json, document)
     if scale.table:
         output += "\n" + table(scan)
+    if scale.metrics_file:  # last: the file records the run's final state
+        return publish(scale.metrics_file, output, check.exitcode, deadline.started, *metrics_of(scan, options.images),
+                       text=scale.json != "-")
     return output, check.exitcode
+
+
+def metrics_of(scan: ScanResult, given: Sequence[Tuple[ImageRef, str]]) -> Tuple[Tuple[ImageSample, ...], Counts]:
+    """For --metrics-file: a sample per image (and platform) given with -i/-f, from its verdict (pullable: OK or
+    WARNING; none when UNKNOWN, not judged), and counts; images found by discovery are only counted, so the
+    series stay bounded."""
+    named = {(str(ref), registry) for ref, registry in given}
+    samples = tuple(ImageSample(v.target.registry, str(v.target.image), str(v.target.platform or ""),
+                                v.state != CRITICAL)
+                    for v in image_verdicts(scan)
+                    if (str(v.target.image), v.target.registry) in named and v.state != UNKNOWN)
+    given_refs = {ref for ref, _ in given}
+    verified = scan.verified_blobs
+    broken = [f for f in scan.findings if f.kind.about_content and judge(f) == CRITICAL]
+    return samples, Counts(len(scan.images), sum(1 for ref in scan.images if ref not in given_refs), len(broken),
+                           len(verified), sum(f.bytes_read for f in verified), scan.retries, scan.oldest_verification)
 
 
 def make_clients(registries: Sequence[str], deadline: Deadline, workers: int, access: AccessOptions,
@@ -81,9 +103,9 @@ def make_clients(registries: Sequence[str], deadline: Deadline, workers: int, ac
 def remember(scan: ScanResult, coverage: Coverage, access: AccessOptions) -> ScanResult:
     """Record what was verified in the state file; add the run-wide notes and the stalest verification's age."""
     seen = [(t.target.registry, d.digest) for t in scan.targets for d in t.blobs if not d.foreign]
-    verified_subjects = {c.subject for c in scan.verified_blobs}  # once: per blob it was O(n**2)
-    verified = [(t.target.registry, d.digest) for t in scan.targets for d in t.blobs
-                if str(d.digest) in verified_subjects]
+    # keyed by (registry, digest): a blob verified in one registry says nothing of another's copy
+    verified_keys = {(t.registry, f.subject) for f in scan.verified_blobs for t in f.affected}
+    verified = [(registry, digest) for registry, digest in seen if (registry, str(digest)) in verified_keys]
     coverage.record(seen, verified)
     coverage.save()
     notes = ("TLS certificates NOT verified (--insecure)",) if access.insecure else ()
