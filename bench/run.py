@@ -146,7 +146,7 @@ class Run:
     requests: int = -1  # as the registry's access log counted them
 
 
-def run(argv: Sequence[str], *, env: Optional[dict] = None) -> Run:
+def run(argv: Sequence[str], *, env: Optional[dict] = None, cwd: Optional[Path] = None) -> Run:
     """Run a process to its end under GNU time (killed after SUBPROCESS_TIMEOUT): wall, CPU, peak RSS, output.
 
     Peak RSS and CPU come from GNU time, not from our own wait4(): a child forked from this (large) process
@@ -154,7 +154,7 @@ def run(argv: Sequence[str], *, env: Optional[dict] = None) -> Run:
     with tempfile.NamedTemporaryFile("r", prefix="bench-time-") as usage:
         started = time.perf_counter()
         process = subprocess.Popen([TIME, "-f", "%M %U %S", "-o", usage.name, *argv], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         try:
             output, _ = process.communicate(timeout=SUBPROCESS_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -210,7 +210,7 @@ class Bench:
         exactly the images and bytes expected."""
         env = {**os.environ, "PYTHONPATH": str(self.plugin_root)}
         argv = [self.python, "-m", "check_registry_deep", "-R", url, "-t", "300", *self.extra, *args]
-        result = checked(run(argv, env=env), "the plugin")
+        result = checked(run(argv, env=env, cwd=self.plugin_root), "the plugin")  # -m imports from the cwd first
         if not result.output.startswith("REGISTRY_DEEP OK"):
             raise SystemExit(f"the plugin did not say OK: {result.output[:500]}")
         perfdata = perf_values(result.output)
@@ -372,10 +372,10 @@ def part_fixed(bench: Bench) -> Tuple[List[Row], List[Target]]:
     version = [bench.python, "-m", "check_registry_deep", "--version"]
     for _ in range(bench.reps * 2):
         bench.sample("fixed.python", checked(run([bench.python, "-c", "pass"]), "python").seconds)
-        bench.sample("fixed.version", checked(run(version, env=env), "--version").seconds)
+        bench.sample("fixed.version", checked(run(version, env=env, cwd=bench.plugin_root), "--version").seconds)
         bench.sample("fixed.tiny", bench.plugin(url, tiny, images=1).seconds)
     imports = checked(run([bench.python, "-X", "importtime", "-m", "check_registry_deep", "-R", url, *tiny],
-                          env=env), "-X importtime")
+                          env=env, cwd=bench.plugin_root), "-X importtime")
     heavy = heaviest_imports(imports.output)
     m = bench.median
     rows: List[Row] = [
