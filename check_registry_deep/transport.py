@@ -9,7 +9,7 @@ import http.cookiejar
 import json
 import logging
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Protocol, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Protocol, Tuple, Union
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import requests
@@ -118,6 +118,7 @@ class Transport:
             self.session.mount(f"{self.base_url}/", ConnectToAdapter(connect_to, self.origin, pool_connections=4,
                                                                      pool_maxsize=workers + 2))
         self.session.headers.update({"User-Agent": f"check_registry_deep/{__version__}"})
+        self._environment: Dict[Tuple[str, str], Dict[str, Any]] = {}  # (scheme, netloc) -> _settings
 
     def same_origin(self, url: str) -> bool:
         parts = urlsplit(url)
@@ -164,6 +165,20 @@ class Transport:
                 method = "GET"
         raise RedirectError(f"more than {MAX_REDIRECTS} redirects for {method} {urlsplit(url).path}")
 
+    def _settings(self, url: str) -> Dict[str, Any]:
+        """Proxies, verify and cert for `url`, as Session.request merges them from the environment (HTTPS_PROXY,
+        NO_PROXY, REQUESTS_CA_BUNDLE), once per origin: per request this was a fifth of a small request's CPU.
+        verify and cert go in explicitly, so --ca-bundle and --insecure still win over REQUESTS_CA_BUNDLE. Plain
+        http has no TLS to verify: there a CA bundle would only cost requests a stat() per request."""
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        if key not in self._environment:
+            merged = self.session.merge_environment_settings(url, {}, None, self.tls.verify, self.tls.cert)
+            https = parts.scheme == "https"
+            self._environment[key] = {"proxies": merged["proxies"], "verify": merged["verify"] if https else True,
+                                      "cert": merged["cert"] if https else None}
+        return self._environment[key]
+
     def request(self, method: str, url: str, *, auth: Callable[[requests.PreparedRequest], requests.PreparedRequest],
                 headers: Optional[dict] = None,
                 stream: bool = False, read_timeout: float = READ_TIMEOUT, **kwargs) -> requests.Response:
@@ -171,10 +186,11 @@ class Transport:
         timeout = (self.deadline.timeout(CONNECT_TIMEOUT), self.deadline.timeout(read_timeout))
         where = f"{urlsplit(url).scheme}://{urlsplit(url).netloc}"
         try:
-            # verify and cert per request: a session's settings lose to REQUESTS_CA_BUNDLE in the environment
-            response = self.session.request(method, url, headers=headers, stream=stream, timeout=timeout,
-                                            allow_redirects=False, auth=auth, verify=self.tls.verify,
-                                            cert=self.tls.cert, **kwargs)
+            # what Session.request does, with the environment read once per origin (see _settings)
+            prepared = self.session.prepare_request(requests.Request(method, url, headers=headers, auth=auth,
+                                                                     **kwargs))
+            response = self.session.send(prepared, stream=stream, timeout=timeout, allow_redirects=False,
+                                         **self._settings(url))
         except requests.exceptions.SSLError as exc:
             raise TLSError(f"TLS failure talking to {where}: {reason(exc)}") from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:

@@ -34,6 +34,7 @@ from check_registry_deep.manifests import (
 )
 from check_registry_deep.reference import Digest
 from check_registry_deep.retry import RetryPolicy, retry_after
+from check_registry_deep.transport import TLSOptions
 from check_registry_deep.verify import verify_body
 
 BASE = "http://127.0.0.1:5000"
@@ -385,3 +386,33 @@ def test_content_encoding_identity_is_no_encoding(mock):
         with pytest.raises(SizeMismatch):
             verify_body(body, descriptor, threading.Event(), client.deadline)
         assert body.received == len(BLOB) + 1
+
+
+# -- the environment: read once per origin, and explicit TLS settings still win ----------------------------
+
+def test_the_environment_is_read_once_per_origin_and_its_proxy_applies(mock, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    reads = []
+    merge = requests.Session.merge_environment_settings
+    monkeypatch.setattr(requests.Session, "merge_environment_settings",
+                        lambda self, *args: reads.append(args[0]) or merge(self, *args))
+    mock.add(responses.HEAD, BLOB_URL, headers={"Content-Length": str(len(BLOB))})
+    client = make_client()
+    for _ in range(3):
+        client.head_blob("team/app", BLOB_DIGEST)
+    assert len(reads) == 1
+    assert all(call.request.req_kwargs["proxies"].get("http") == "http://127.0.0.1:3128" for call in mock.calls)
+
+
+def test_an_explicit_ca_bundle_wins_over_requests_ca_bundle_and_plain_http_verifies_nothing(mock, monkeypatch):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/from-the-environment.pem")
+    https = "https://registry.example.org"
+    mock.add(responses.GET, f"{https}/v2/", json={})
+    mock.add(responses.GET, f"{BASE}/v2/", json={})
+    RegistryClient(https, Deadline(10), retry=FAST, tls=TLSOptions(verify="/etc/ssl/mine.pem")).ping()
+    RegistryClient(https, Deadline(10), retry=FAST).ping()
+    make_client().ping()
+    assert [call.request.req_kwargs["verify"] for call in mock.calls] == [
+        "/etc/ssl/mine.pem", "/etc/ssl/certs/from-the-environment.pem", True]
