@@ -15,21 +15,29 @@ MAX_PAGES = 1000  # a million names: beyond that a registry is looping us
 
 
 def discover(wanted: DiscoveryOptions, client: RegistryClient) -> List[ImageRef]:
-    """The images under `wanted`'s prefixes whose tags it selects, from the catalog and tags APIs."""
+    """The images under `wanted`'s prefixes whose tags it selects, one listing after the other (the scan runs
+    the tag listings concurrently: repositories() and then tags() for each)."""
+    return [ref for repository in repositories(wanted, client) for ref in tags(wanted, client, repository)]
+
+
+def repositories(wanted: DiscoveryOptions, client: RegistryClient) -> List[str]:
+    """The catalog's repositories under `wanted`'s prefixes, in its order."""
+    return [validate_repository(name) for name in _pages(client, "/v2/_catalog", "repositories")
+            if wanted.wants(name)]
+
+
+def tags(wanted: DiscoveryOptions, client: RegistryClient, repository: str) -> List[ImageRef]:
+    """The tags of one repository that `wanted` selects, as images."""
+    try:
+        names = list(_pages(client, f"/v2/{repository}/tags/list", "tags"))
+    except NotFound:  # distribution 2.8: NAME_UNKNOWN for a repository holding only untagged manifests
+        names = []
     found = []
-    for repository in _pages(client, "/v2/_catalog", "repositories"):
-        if not wanted.wants(repository):
-            continue
-        validate_repository(repository)
-        try:
-            tags = list(_pages(client, f"/v2/{repository}/tags/list", "tags"))
-        except NotFound:  # distribution 2.8: NAME_UNKNOWN for a repository holding only untagged manifests
-            tags = []
-        for tag in tags:
-            if not TAG_RE.fullmatch(tag):
-                raise ManifestInvalid(f"tags of {repository}: invalid tag {tag[:80]!r}")
-            if wanted.tag_pattern is None or wanted.tag_pattern.fullmatch(tag):
-                found.append(ImageRef(None, repository, tag))
+    for tag in names:
+        if not TAG_RE.fullmatch(tag):
+            raise ManifestInvalid(f"tags of {repository}: invalid tag {tag[:80]!r}")
+        if wanted.tag_pattern is None or wanted.tag_pattern.fullmatch(tag):
+            found.append(ImageRef(None, repository, tag))
     return found
 
 

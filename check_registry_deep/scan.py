@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from .blobs import BlobChecker, BlobWork, Chooser, plan
 from .client import RegistryClient
 from .deadline import Deadline
-from .discovery import discover
+from .discovery import repositories, tags
 from .errors import DeadlineExceeded, InternalError, RegistryError
 from .model import Finding, Kind, ScanResult, Target, TargetResult
 from .options import DiscoveryOptions
@@ -39,8 +39,9 @@ Job = Tuple[str, Callable[[], JobResult]]
 
 # -- the scan --------------------------------------------------------------------------------------------
 
-PING, DISCOVER, RESOLVE, BLOBS, REPLICAS = ("checking the registry API", "listing repositories and tags",
-                                           "resolving manifests", "verifying blobs", "comparing replicas")
+PING, DISCOVER, TAGS, RESOLVE, BLOBS, REPLICAS = (
+    "checking the registry API", "listing repositories and tags", "listing tags", "resolving manifests",
+    "verifying blobs", "comparing replicas")
 
 
 @dataclass
@@ -58,6 +59,7 @@ class _Lane:
     in_flight: Dict[int, str] = field(default_factory=dict)
     targets: List[TargetResult] = field(default_factory=list)
     top_digests: Dict[ImageRef, Digest] = field(default_factory=dict)  # what each image's reference resolved to
+    listed: Dict[str, object] = field(default_factory=dict)  # discovery: repository -> its images, or the error
 
     def describe(self, named: bool) -> str:
         text = self.stages[self.stage] + (f" at {self.registry}" if named else "") + \
@@ -100,7 +102,7 @@ class Scanner:
         findings: List[Finding] = []
         lanes: Dict[str, _Lane] = {}
         if self.discovery:
-            lanes[self.discovery[0]] = _Lane(self.discovery[0], [], [PING, DISCOVER, RESOLVE, BLOBS])
+            lanes[self.discovery[0]] = _Lane(self.discovery[0], [], [PING, DISCOVER, TAGS, RESOLVE, BLOBS])
         for ref, registry in images:
             lanes.setdefault(registry, _Lane(registry, [])).images.append(ref)
         if self.replicas:
@@ -161,6 +163,8 @@ class Scanner:
                  findings: List[Finding]) -> None:
         """Start the lane's next stage that has work; a registry that failed its API check stops there."""
         while not lane.pending and lane.stage + 1 < len(lane.stages):
+            if lane.stage >= 0 and lane.stages[lane.stage] == TAGS:
+                findings.extend(self._listed(lane))
             if lane.stage >= 0 and any(f.kind == Kind.REGISTRY and f.subject == lane.registry for f in findings):
                 return  # unreachable, or its listing failed: nothing more to learn there
             lane.stage += 1
@@ -179,6 +183,9 @@ class Scanner:
             return [(f"{lane.registry}/v2/", functools.partial(self._ping, lane.registry, lane.images))]
         if stage == DISCOVER:
             return [(f"{lane.registry}/v2/_catalog", functools.partial(self._discover, lane))]
+        if stage == TAGS:
+            return [(f"{lane.registry}/v2/{repository}/tags/list", functools.partial(self._tags, lane, repository))
+                    for repository in lane.listed]
         if stage == RESOLVE:
             return [(f"manifest of {ref}", functools.partial(self._resolve, ref, lane))
                     for ref in dict.fromkeys(lane.images)]
@@ -224,15 +231,38 @@ class Scanner:
         return [], []
 
     def _discover(self, lane: _Lane) -> JobResult:
-        """Add the images the catalog and tags APIs list to the lane (the stage ends before it resolves them)."""
+        """The catalog's repositories under the prefixes; the next stage lists their tags, concurrently."""
         assert self.discovery is not None
         try:
-            found = discover(self.discovery[1], self.client_for(lane.registry))
+            found = repositories(self.discovery[1], self.client_for(lane.registry))
         except RegistryError as exc:
             return [], [Finding(lane.registry, Kind.REGISTRY, (), error=exc)]
-        with self._lock:
-            lane.images.extend(ref for ref in found if ref not in lane.images)
+        lane.listed = dict.fromkeys(found)
         return [], []
+
+    def _tags(self, lane: _Lane, repository: str) -> JobResult:
+        assert self.discovery is not None
+        try:
+            found: object = tags(self.discovery[1], self.client_for(lane.registry), repository)
+        except RegistryError as exc:
+            found = exc
+        with self._lock:
+            lane.listed[repository] = found
+        return [], []
+
+    def _listed(self, lane: _Lane) -> List[Finding]:
+        """The listed images join the lane in catalog order; or the first listing that failed is reported, and the
+        lane stops there (as when one job listed everything, one repository after another)."""
+        for found in lane.listed.values():
+            if isinstance(found, RegistryError):
+                return [Finding(lane.registry, Kind.REGISTRY, (), error=found, finished=self.deadline.elapsed())]
+        known = set(lane.images)
+        for found in lane.listed.values():
+            for ref in found if isinstance(found, list) else ():  # not a list: its job failed, and said so
+                if ref not in known:
+                    known.add(ref)
+                    lane.images.append(ref)
+        return []
 
     def _resolve(self, ref: ImageRef, lane: _Lane) -> JobResult:
         resolution = self.resolver.resolve(self.client_for(lane.registry), ref, lane.registry)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from typing import Iterator
 
 import pytest
@@ -14,9 +16,11 @@ from check_registry_deep.coverage import Coverage
 from check_registry_deep.deadline import Deadline
 from check_registry_deep.discovery import discover
 from check_registry_deep.errors import ManifestInvalid, UsageError
+from check_registry_deep.model import Kind
 from check_registry_deep.options import DiscoveryOptions
 from check_registry_deep.reference import Digest
 from check_registry_deep.retry import RetryPolicy
+from check_registry_deep.scan import Scanner
 
 BASE = "http://127.0.0.1:5000"
 
@@ -67,6 +71,46 @@ def test_hostile_listing_is_invalid(mock):
     mock.add(responses.GET, f"{BASE}/v2/_catalog", json={"repositories": "apps/a"})
     with pytest.raises(ManifestInvalid, match="expected 'repositories' to be a list of names"):
         discover(DiscoveryOptions(("apps",)), client())
+
+
+def test_the_scan_lists_tags_of_many_repositories_at_once_and_keeps_catalog_order(mock):
+    """Behind a WAN, 40 repositories one after the other cost 40 round trips; with -j 4 they overlap."""
+    names = [f"apps/r{n}" for n in range(8)]
+    in_flight, most, lock = [0], [0], threading.Lock()
+
+    def tags(request):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.05)
+        with lock:
+            in_flight[0] -= 1
+        name = request.path_url.split("/tags/")[0][len("/v2/"):]
+        return 200, {}, json.dumps({"name": name, "tags": ["2", "1"]})
+
+    mock.add(responses.GET, f"{BASE}/v2/", json={})
+    mock.add(responses.GET, f"{BASE}/v2/_catalog", json={"repositories": names})
+    for name in names:
+        mock.add_callback(responses.GET, f"{BASE}/v2/{name}/tags/list", callback=tags)
+    one = client()
+    result = Scanner(lambda registry: one, Deadline(10), workers=4,
+                     discovery=(BASE, DiscoveryOptions(("apps",)))).scan([])
+    assert most[0] > 1
+    assert [str(ref) for ref in result.images] == [f"{name}:{tag}" for name in names for tag in ("2", "1")]
+
+
+def test_the_first_failing_tag_listing_in_catalog_order_stops_the_lane(mock):
+    mock.add(responses.GET, f"{BASE}/v2/", json={})
+    mock.add(responses.GET, f"{BASE}/v2/_catalog", json={"repositories": ["apps/a", "apps/b", "apps/c"]})
+    mock.add(responses.GET, f"{BASE}/v2/apps/a/tags/list", json={"tags": ["1"]})
+    mock.add(responses.GET, f"{BASE}/v2/apps/b/tags/list", status=403, json={"errors": [{"code": "DENIED"}]})
+    mock.add(responses.GET, f"{BASE}/v2/apps/c/tags/list", status=401, json={"errors": [{"code": "UNAUTHORIZED"}]})
+    one = client()
+    result = Scanner(lambda registry: one, Deadline(10), workers=4,
+                     discovery=(BASE, DiscoveryOptions(("apps",)))).scan([])
+    failed = [f for f in result.findings if f.kind == Kind.REGISTRY]
+    assert len(failed) == 1 and "403" in str(failed[0].error), failed
+    assert not result.images and not any("/manifests/" in call.request.url for call in mock.calls)
 
 
 def test_prefix_matches_path_components_only():
