@@ -10,12 +10,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple, TypeVar
-
-import tenacity
+from typing import TYPE_CHECKING, Callable, Optional, Tuple, TypeVar
 
 from .deadline import Deadline
 from .errors import CheckError, HTTPStatusError
+
+if TYPE_CHECKING:  # imported when a fault is first retried (Retrier.run)
+    import tenacity
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,7 +67,28 @@ class Retrier:
         log.info("retrying %s after: %s", what, why)
 
     def run(self, operation: Callable[[], T], what: str) -> Tuple[T, int]:
-        """Run `operation`, retrying transient errors within the deadline; returns (result, retries)."""
+        """Run `operation`, retrying transient errors within the deadline; returns (result, retries).
+
+        The first attempt runs bare. Only a transient fault brings in tenacity (imported then, not at start-up),
+        which is handed that fault as its own first attempt: the attempts, waits and messages are the same, and
+        the common case, a request that just works, no longer builds a Retrying each time.
+        """
+        try:
+            return operation(), 0
+        except CheckError as exc:
+            if not exc.transient:
+                raise
+            first: Optional[CheckError] = exc
+
+        def attempt() -> T:
+            nonlocal first
+            if first is not None:
+                fault, first = first, None
+                raise fault
+            return operation()
+
+        import tenacity  # noqa: PLC0415 (deferred: see above)
+
         retries = 0
 
         def give_up(state: tenacity.RetryCallState) -> bool:
@@ -87,7 +109,7 @@ class Retrier:
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, CheckError) and e.transient),
             stop=give_up, wait=wait, before_sleep=note, reraise=True)
         try:
-            result = retrying(operation)
+            result = retrying(attempt)
         except HTTPStatusError as exc:
             if exc.transient and exc.retry_after is not None and exc.retry_after >= self.deadline.remaining():
                 # not slept through: the run answers before its deadline, saying why it gave up

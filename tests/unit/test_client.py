@@ -272,6 +272,34 @@ def test_integrity_errors_are_never_retried(mock):
     assert client.retries == 0
 
 
+def test_tenacity_is_imported_only_when_a_fault_is_retried():
+    """A run where every request works never imports tenacity, nor builds a Retrying per request; the first
+    transient fault brings it in, counted as the first of the policy's attempts."""
+    import subprocess
+    import sys
+    code = """if True:
+        import sys
+        import check_registry_deep.app
+        from check_registry_deep.deadline import Deadline
+        from check_registry_deep.errors import TransportError
+        from check_registry_deep.retry import Retrier, RetryPolicy
+        retrier = Retrier(RetryPolicy(attempts=3, backoff=0.01), Deadline(10))
+        assert retrier.run(lambda: 1, "fine") == (1, 0)
+        print("tenacity" in sys.modules)
+        faults = [TransportError("reset"), TransportError("reset")]
+        def flaky():
+            if faults:
+                raise faults.pop()
+            return 2
+        assert retrier.run(flaky, "flaky") == (2, 2) and retrier.count == 2
+        print("tenacity" in sys.modules)
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={"PATH": "/usr/bin:/bin",
+                               "PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parents[2])})
+    assert done.stdout.split() == ["False", "True"]
+
+
 def test_retry_policy_wait_for():
     policy = RetryPolicy(attempts=5, backoff=0.5, max_wait=3.0)
     transient = HTTPStatusError("503", 503)
