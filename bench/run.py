@@ -519,6 +519,9 @@ def main() -> int:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: apt-get install {package}")
     OUT.mkdir(parents=True, exist_ok=True)
+    # byte-compiled as a package install leaves it (PYTHONDONTWRITEBYTECODE would have every run compile it)
+    checked(run([options.python, "-m", "compileall", "-q", str(options.plugin_root.resolve() / "check_registry_deep")]),
+            "compileall")
     registry, sets = open_lab(options.workdir, options.reseed)
     bench = Bench(registry, sets, options.python, options.plugin_root.resolve(), options.plugin_args.split(),
                   max(3, min(options.reps, 50)))
