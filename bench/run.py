@@ -23,6 +23,7 @@ bench/out/results.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -52,6 +53,7 @@ MB = 1e6
 TIME = "/usr/bin/time"  # GNU time: peak RSS and CPU of exactly one child (Debian package `time`)
 SUBPROCESS_TIMEOUT = 600.0
 PARTS = ("gigabyte", "fixed", "thousand", "latency")
+CORES = os.cpu_count() or 1
 LATENCY_GROUP = "fleet/g0"  # 40 repositories x 5 tags: the 200 images behind the proxy
 
 
@@ -144,6 +146,7 @@ class Run:
     maxrss: int = -1  # bytes
     cpu: float = -1.0  # user + system seconds
     requests: int = -1  # as the registry's access log counted them
+    registry_cpu: float = -1.0  # seconds of CPU the registry spent serving them
 
 
 def run(argv: Sequence[str], *, env: Optional[dict] = None, cwd: Optional[Path] = None) -> Run:
@@ -172,14 +175,20 @@ def checked(result: Run, what: str) -> Run:
     return result
 
 
-class Counter:
-    """Counts the requests the registry logs while a block runs (its access log, read from an offset)."""
+class Observer:
+    """What the registry did while a block ran: the requests it logged (its access log, read from an offset) and
+    the CPU it used (/proc/PID/stat): on two cores the server's CPU is part of every client's wall time."""
 
     def __init__(self, registry: LocalRegistry):
         self.registry = registry
 
+    def cpu(self) -> float:
+        assert self.registry.process is not None
+        fields = Path(f"/proc/{self.registry.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def __call__(self, fn: Callable[[], Run]) -> Run:
-        start = self.registry.log_path.stat().st_size
+        start, cpu = self.registry.log_path.stat().st_size, self.cpu()
         result = fn()
         count, until = -1, time.monotonic() + 2.0
         while time.monotonic() < until:  # the last lines may land just after the client is done
@@ -191,6 +200,7 @@ class Counter:
             count = now
             time.sleep(0.05)
         result.requests = count
+        result.registry_cpu = self.cpu() - cpu
         return result
 
 
@@ -310,18 +320,23 @@ def part_gigabyte(bench: Bench, skopeo: bool) -> Tuple[List[Row], List[Target]]:
     policy = OUT / "skopeo-policy.json"
     policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
     buffer = memoryview(big_bytes("hash", 256 << 20))
+    tiny = ["-i", bench.sets["tiny"]["images"][0]["ref"]]
+    observe = Observer(bench.registry)
     bench.plugin(url, refs, unique_bytes=unique)  # warm-up: page cache, bytecode, the registry's first requests
     curl_requests(url, [blobs])
     for rep in range(bench.reps):
-        result = bench.plugin(url, refs, unique_bytes=unique)
+        result = observe(lambda: bench.plugin(url, refs, unique_bytes=unique))
         bench.sample("gb.plugin", result.seconds)
         bench.sample("gb.plugin_cpu", result.cpu)
         bench.sample("gb.plugin_rss", result.maxrss)
+        bench.sample("gb.plugin_registry_cpu", result.registry_cpu)
+        bench.sample("gb.tiny_cpu", bench.plugin(url, tiny, images=1).cpu)
         for n in (1, 2, 4):
-            curl = curl_requests(url, split(blobs, n, weigh))
+            curl = observe(functools.partial(curl_requests, url, split(blobs, n, weigh)))
             bench.sample(f"gb.curl{n}", curl.seconds)
             if n == 1:
                 bench.sample("gb.curl_cpu", curl.cpu)
+                bench.sample("gb.curl_registry_cpu", curl.registry_cpu)
         started = time.process_time()
         hashlib.sha256(buffer).digest()
         bench.sample("gb.hashlib_cpu", (time.process_time() - started) / len(buffer) * GB)
@@ -333,14 +348,23 @@ def part_gigabyte(bench: Bench, skopeo: bool) -> Tuple[List[Row], List[Target]]:
     plugin, curl1 = m("gb.plugin"), m("gb.curl1")
     best = min(m("gb.curl2"), m("gb.curl4"))
     cpu_gb, hash_gb = m("gb.plugin_cpu") / unique * GB, m("gb.hashlib_cpu")
+    curl_gb = m("gb.curl_cpu") / unique * GB
+    steady = (m("gb.plugin_cpu") - m("gb.tiny_cpu")) / unique * GB
     rows: List[Row] = [
         (f"8 images, {unique / GB:.2f} GB unique (256 MiB golden layer)", f"{plugin:.2f} s",
          f"curl, one process, each unique blob to /dev/null: {curl1:.2f} s; 2 / 4 curls at once: "
          f"{m('gb.curl2'):.2f} / {m('gb.curl4'):.2f} s",
          f"{curl1 / plugin:.2f}x one curl, {best / plugin:.2f}x the best parallel curl"),
         ("same, CPU per GB verified", f"{cpu_gb:.2f} s",
-         f"hashlib sha256 of the same bytes: {hash_gb:.2f} s; curl: {m('gb.curl_cpu') / unique * GB:.2f} s",
+         f"hashlib sha256 of the same bytes: {hash_gb:.2f} s; curl: {curl_gb:.2f} s",
          f"{cpu_gb / hash_gb:.2f}x hashlib"),
+        ("same, CPU per GB with start-up excluded (minus a tiny image's run)",
+         f"{steady:.2f} s", f"hashlib + curl's receive path: {hash_gb + curl_gb:.2f} s",
+         f"{steady / hash_gb:.2f}x hashlib"),
+        ("same, the registry's CPU while serving them", f"{m('gb.plugin_registry_cpu'):.2f} s",
+         f"for one curl: {m('gb.curl_registry_cpu'):.2f} s",
+         f"CPU-bound floor, (client + registry CPU) / {CORES} cores: plugin "
+         f"{(m('gb.plugin_cpu') + m('gb.plugin_registry_cpu')) / CORES:.2f} s"),
         ("same, peak RSS", f"{m('gb.plugin_rss') / MB:.0f} MB", "", ""),
     ]
     targets: List[Target] = [
@@ -408,7 +432,7 @@ def heaviest_imports(stderr: str) -> List[Tuple[str, float]]:
 
 def part_thousand(bench: Bench) -> Tuple[List[Row], List[Target]]:
     facts = bench.sets["fleet"]
-    url, count = bench.registry.url, Counter(bench.registry)
+    url, observe = bench.registry.url, Observer(bench.registry)
     images_file = OUT / "fleet-images.txt"
     images_file.write_text("".join(row["ref"] + "\n" for row in facts["images"]))
     floor = minimum_requests(facts["images"])
@@ -418,14 +442,15 @@ def part_thousand(bench: Bench) -> Tuple[List[Row], List[Target]]:
     by_discovery = ["--repository", "fleet", "--all-tags"]
     bench.plugin(url, by_list, images=n_images)  # warm-up
     for rep in range(bench.reps):
-        curl = count(lambda: curl_requests(url, split(floor, 4)))
+        curl = observe(lambda: curl_requests(url, split(floor, 4)))
         bench.sample("k.curl4", curl.seconds)
         bench.sample("k.curl_cpu", curl.cpu)
-        result = count(lambda: bench.plugin(url, by_list, images=n_images))
+        bench.sample("k.curl_registry_cpu", curl.registry_cpu)
+        result = observe(lambda: bench.plugin(url, by_list, images=n_images))
         for key, value in (("", result.seconds), ("_cpu", result.cpu), ("_rss", result.maxrss),
-                           ("_requests", result.requests)):
+                           ("_requests", result.requests), ("_registry_cpu", result.registry_cpu)):
             bench.sample("k.plugin" + key, value)
-        found = count(lambda: bench.plugin(url, by_discovery, images=n_images))
+        found = observe(lambda: bench.plugin(url, by_discovery, images=n_images))
         bench.sample("k.discovery", found.seconds)
         bench.sample("k.discovery_requests", found.requests)
         print(f"  thousand {rep + 1}/{bench.reps}: plugin {result.seconds:.2f}s ({result.requests} requests), "
@@ -440,6 +465,11 @@ def part_thousand(bench: Bench) -> Tuple[List[Row], List[Target]]:
          f"the same requests from 4 curls at once: {curl4:.2f} s",
          f"{plugin / curl4:.2f}x the curls' time; {cpu_ms:.2f} ms CPU per request "
          f"(curl {m('k.curl_cpu') / len(floor) * 1000:.2f})"),
+        ("same, the registry's CPU while serving them",
+         f"{m('k.plugin_registry_cpu'):.2f} s ({m('k.plugin_registry_cpu') / requests * 1000:.2f} ms per request)",
+         f"for the 4 curls: {m('k.curl_registry_cpu'):.2f} s", f"CPU-bound floor on {os.cpu_count()} cores, "
+         f"(client + registry CPU) / cores: plugin {(m('k.plugin_cpu') + m('k.plugin_registry_cpu')) / CORES:.2f} s, "
+         f"curls {(m('k.curl_cpu') + m('k.curl_registry_cpu')) / CORES:.2f} s"),
         (f"same through `--repository fleet --all-tags`, {m('k.discovery_requests'):,.0f} requests "
          f"(floor {len(floor) + listing:,})", f"{m('k.discovery'):.2f} s", f"by list: {plugin:.2f} s",
          f"{m('k.discovery') / plugin:.2f}x the list"),
