@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="file with more image refs, one a line; # comments and blank lines are ignored")
     add("--platform", metavar="OS/ARCH[/VARIANT]", action="append", default=[],
         help="only check these platforms of a multi-platform image, repeatable (default: all)")
-    add("-j", "--workers", metavar="N", type=int, default=4, help="concurrent blob transfers (default 4)")
+    add("-j", "--workers", metavar="N", type=int, default=4,
+        help="concurrent requests: manifests, tag lists, blob GETs and HEADs (default 4)")
     add("-t", "--timeout", metavar="SECONDS[:STATE]", default="50",
         help="deadline for the whole run (default 50) and the state when it passes: ok, warning, critical or "
              "unknown (default unknown); failures already found stay CRITICAL")
