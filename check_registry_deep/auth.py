@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 import requests
 import requests.auth
 
-from .errors import AuthError, UsageError
+from .errors import AuthError, TLSError, TransportError, UsageError
+from .transport import NO_AUTH, Transport
 
 log = logging.getLogger(__name__)
 PASSWORD_ENV = "REGISTRY_DEEP_PASSWORD"
@@ -118,31 +119,19 @@ class _Token:
     expires: float
 
 
-class NoAuth(requests.auth.AuthBase):
-    """Sends nothing, and keeps requests from reaching for ~/.netrc (it does when a request has no auth)."""
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        return request
-
-
-NO_AUTH = NoAuth()
-
-
 class RegistryAuth(requests.auth.AuthBase):
     """Answers the registry's 401 challenges: Basic, or Bearer tokens per the Docker token spec.
 
     Tokens are cached per scope (one repository, pull) until they expire; a request refused with a cached
     token gets one fresh token and one more try. Anonymous token flows (Docker Hub style) work without
-    credentials.
+    credentials. The token requests go over the registry's transport: its TLS settings (--ca-bundle,
+    --client-cert, --insecure), and --connect-to when the realm is on the registry's own origin.
     """
 
-    def __init__(self, registry: str, credentials: Credentials, session_factory=requests.Session,
-                 deadline=None):
+    def __init__(self, registry: str, credentials: Credentials, transport: Transport):
         self.registry = registry
         self.credentials = credentials
-        self.deadline = deadline
-        self._session = session_factory()
-        self._session.trust_env = False  # never ~/.netrc or proxies' credentials for the realm
+        self.transport = transport
         self._lock = threading.Lock()
         self._tokens: Dict[str, _Token] = {}
         self._challenge: Optional[Tuple[str, Dict[str, str]]] = None
@@ -196,20 +185,20 @@ class RegistryAuth(requests.auth.AuthBase):
         query = {"service": params.get("service", "")} if params.get("service") else {}
         if scope:
             query["scope"] = scope
-        timeout = self.deadline.timeout(TOKEN_TIMEOUT) if self.deadline else TOKEN_TIMEOUT
         creds = self.credentials
         try:
             if creds.identity_token:
-                response = self._session.post(realm, data={**query, "grant_type": "refresh_token",
-                                                           "refresh_token": creds.identity_token,
-                                                           "client_id": "check_registry_deep"},
-                                              timeout=timeout, allow_redirects=False)
+                response = self.transport.request(
+                    "POST", realm, auth=NO_AUTH, read_timeout=TOKEN_TIMEOUT,
+                    data={**query, "grant_type": "refresh_token", "refresh_token": creds.identity_token,
+                          "client_id": "check_registry_deep"})
             else:
-                auth = (creds.username, creds.password) if creds.password else None
-                response = self._session.get(realm, params=query, auth=auth, timeout=timeout,
-                                             allow_redirects=False)
-        except requests.RequestException as exc:
-            raise AuthError(f"token service of {self.registry} unreachable: {type(exc).__name__}", 0) from None
+                auth = requests.auth.HTTPBasicAuth(creds.username, creds.password) if creds.password else NO_AUTH
+                response = self.transport.request("GET", realm, auth=auth, params=query, read_timeout=TOKEN_TIMEOUT)
+        except TLSError as exc:
+            raise TLSError(f"token service of {self.registry}: {exc}") from None
+        except TransportError as exc:
+            raise AuthError(f"token service of {self.registry}: {exc}", 0) from None
         with response:
             if response.status_code in (401, 403):
                 raise self.refused(f"token service answered {response.status_code}")

@@ -1,26 +1,29 @@
 """Judging and presenting: a ScanResult becomes Nagios states, a status line, long output and perfdata.
 
-This layer knows the error *types* of errors.py and nothing about HTTP. nagiosplugin evaluates the metrics
-into states and formats perfdata; the text is rendered here, because nagiosplugin's own runtime prints no long
-output at verbosity 0 and moves perfdata off line 1 above it, while an on-call SRE needs the broken blobs in
-the notification itself.
+This layer knows the error *types* of errors.py and nothing about HTTP. `judge` is the only place that maps a
+finding to a state (the timeout included); the long output's lines, the per-image verdicts of `-v`, the table
+and the JSON all derive from it. nagiosplugin evaluates the metrics into states and formats perfdata; the text
+is rendered here, because nagiosplugin's own runtime prints no long output at verbosity 0 and moves perfdata
+off line 1 above it, while an on-call SRE needs the broken blobs in the notification itself.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterator, List, Sequence
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import nagiosplugin
 
-from .errors import DeadlineExceeded, InternalError, UnsupportedDigest
-from .model import SKIPPED, ContentResult, ScanResult, Target
+from .model import Finding, Kind, Mode, ScanResult, Target, TargetResult
+from .states import CRITICAL, EXIT_CODES, NAME, OK, SEVERITY, UNKNOWN, WARNING, status_line, worst
 
-NAME = "REGISTRY_DEEP"
 MAX_OUTPUT = 8000  # Nagios cuts plugin output at 8 KiB
 MAX_SUMMARY = 200
 MAX_LINE = 2000
-STATES = {"ok": nagiosplugin.Ok, "warning": nagiosplugin.Warn, "critical": nagiosplugin.Critical,
-          "unknown": nagiosplugin.Unknown}
+NAGIOS_STATES = {OK: nagiosplugin.Ok, WARNING: nagiosplugin.Warn, CRITICAL: nagiosplugin.Critical,
+                 UNKNOWN: nagiosplugin.Unknown}
+#: How a `-v` line words an image's state.
+IMAGE_WORDS = {OK: "OK", WARNING: "WARNING", CRITICAL: "BROKEN", UNKNOWN: "UNKNOWN"}
 
 
 def human_bytes(count: float) -> str:
@@ -38,6 +41,43 @@ def _plain(text: str) -> str:
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def judge(finding: Finding, timeout_state: str = UNKNOWN) -> str:
+    """The state a finding leads to: its error's (the -t state for the deadline), WARNING for caveats, else OK."""
+    if finding.error is not None:
+        return timeout_state if finding.error.state is None else finding.error.state
+    return WARNING if finding.caveats else OK
+
+
+@dataclass(frozen=True)
+class ImageVerdict:
+    """One image (and platform): the worst state of the findings that affect it."""
+
+    target: Target
+    resolved: Optional[TargetResult]  # None: its manifest could not be resolved
+    state: str
+    bytes: int
+    seconds: float  # into the run, when its last finding came in
+
+
+def image_verdicts(scan: ScanResult) -> List[ImageVerdict]:
+    """Every resolved image and platform, then every one that did not resolve (a tag gone, an index child
+    missing, the registry down): the one per-image verdict that -v lines, the table and JSON show."""
+    states: Dict[Target, str] = {}
+    finished: Dict[Target, float] = {}
+    for finding in scan.findings:
+        for target in finding.affected:
+            states[target] = worst((states.get(target, OK), judge(finding)))
+            finished[target] = max(finished.get(target, 0.0), finding.finished)
+    sizes = {f.subject: f.size or 0 for f in scan.findings}
+    verdicts = [ImageVerdict(r.target, r, states.get(r.target, OK),
+                             sum(sizes.get(str(d.digest), d.size or 0) for d in r.blobs), finished.get(r.target, 0.0))
+                for r in scan.targets]
+    resolved = {r.target for r in scan.targets}
+    verdicts += [ImageVerdict(target, None, state, 0, finished[target])
+                 for target, state in states.items() if target not in resolved]
+    return verdicts
 
 
 def _images(targets: Sequence[Target]) -> List[str]:
@@ -68,54 +108,25 @@ class RegistryScan(nagiosplugin.Resource):
         for i, finding in enumerate(result.problems):
             yield nagiosplugin.Metric(f"finding{i}", finding, context="finding")
         if result.interrupted is not None:
-            yield nagiosplugin.Metric("deadline", result.interrupted, context="deadline")
+            deadline = Finding(str(result.interrupted), Kind.DEADLINE, (), error=result.interrupted)
+            yield nagiosplugin.Metric("deadline", deadline, context="finding")
 
 
 class FindingContext(nagiosplugin.Context):
-    """Errors are CRITICAL, caveats WARNING; what we cannot judge (unsupported digests, our bugs) UNKNOWN."""
+    """Each finding, the deadline included, judged by `judge`."""
 
-    def __init__(self, timeout_state: nagiosplugin.state.ServiceState):
+    def __init__(self, timeout_state: str):
         super().__init__("finding")
         self.timeout_state = timeout_state
 
     def evaluate(self, metric: nagiosplugin.Metric, resource: nagiosplugin.Resource) -> nagiosplugin.Result:
-        return self.result_cls(judge(metric.value, self.timeout_state), describe(metric.value), metric)
+        return self.result_cls(NAGIOS_STATES[judge(metric.value, self.timeout_state)], describe(metric.value), metric)
 
 
-def judge(finding: ContentResult, timeout_state: nagiosplugin.state.ServiceState = nagiosplugin.Unknown
-          ) -> nagiosplugin.state.ServiceState:
-    if finding.error is None:
-        return nagiosplugin.Warn if finding.caveats else nagiosplugin.Ok
-    if isinstance(finding.error, DeadlineExceeded):
-        return timeout_state
-    if isinstance(finding.error, (UnsupportedDigest, InternalError)):
-        return nagiosplugin.Unknown
-    return nagiosplugin.Critical
-
-
-def image_states(scan: ScanResult) -> Dict[Target, nagiosplugin.state.ServiceState]:
-    """The worst state among the findings that affect each image (and platform)."""
-    states: Dict[Target, nagiosplugin.state.ServiceState] = {}
-    for finding in scan.content:
-        state = judge(finding)
-        for target in finding.affected:
-            states[target] = max(states.get(target, nagiosplugin.Ok), state, key=SEVERITY.__getitem__)
-    return states
-
-
-class DeadlineContext(nagiosplugin.Context):
-    def __init__(self, timeout_state: nagiosplugin.state.ServiceState):
-        super().__init__("deadline")
-        self.timeout_state = timeout_state
-
-    def evaluate(self, metric: nagiosplugin.Metric, resource: nagiosplugin.Resource) -> nagiosplugin.Result:
-        return self.result_cls(self.timeout_state, str(metric.value), metric)
-
-
-def describe(finding: ContentResult) -> str:
+def describe(finding: Finding) -> str:
     """One finding, as the long output shows it: what, what is wrong (expected vs. got), what it breaks."""
     reason = str(finding.error) if finding.error is not None else "; ".join(finding.caveats + finding.notes)
-    if finding.kind in ("registry", "internal"):
+    if not finding.kind.about_content:
         return reason
     text = f"{finding.kind} {finding.subject}: {reason}"
     images = sorted({str(t) for t in finding.affected})
@@ -147,14 +158,14 @@ class ScanSummary(nagiosplugin.Summary):
         present = len(scan.present_blobs)
         if present:
             text += f", {present} more present (deep check rotated)"
-        foreign = sum(1 for c in scan.content if c.mode == SKIPPED)
+        foreign = sum(1 for f in scan.findings if f.mode == Mode.SKIPPED)
         if foreign:
             text += f", {foreign} foreign layer{'s' if foreign != 1 else ''} skipped"
         return "; ".join((text,) + scan.notes)
 
     @staticmethod
-    def worst(results: nagiosplugin.Results) -> nagiosplugin.state.ServiceState:
-        return max((r.state for r in results), key=SEVERITY.__getitem__, default=nagiosplugin.Ok)
+    def worst(results: nagiosplugin.Results) -> str:
+        return worst(r.state.text for r in results)
 
     def ok(self, results: nagiosplugin.Results) -> str:
         scan = self._scan(results)
@@ -166,15 +177,14 @@ class ScanSummary(nagiosplugin.Summary):
         scan = self._scan(results)
         parts = []
         deadline = [r for r in results if r.metric and r.metric.name == "deadline"]
-        findings = [r for r in results if r.metric and r.metric.context == "finding" and r.state != nagiosplugin.Ok]
+        findings = [r for r in results if r.metric and r.metric.context == "finding" and r.state != nagiosplugin.Ok
+                    and r.metric.name != "deadline"]
         broken = [r for r in findings if r.metric.value.error is not None]
         warned = [r for r in findings if r.metric.value.error is None]
         if broken:
             images = _images([t for r in broken for t in r.metric.value.affected])
             first = broken[0].metric.value
-            noun = "problem" if any(r.metric.value.kind in ("registry", "internal") for r in broken) else "broken"
-            head = f"{len(broken)} {noun}" if noun == "problem" else \
-                f"{len(broken)} broken {'blob' if len(broken) == 1 else 'blobs'}"
+            head = _broken_head([r.metric.value for r in broken])
             if images:
                 head += f", breaking {len(images)} of {len(scan.images)} image{'s' if len(scan.images) != 1 else ''}"
             parts.append(f"{head}: {_short(first)}")
@@ -182,7 +192,7 @@ class ScanSummary(nagiosplugin.Summary):
             full = str(deadline[0].hint)
             stage = full.split(" (")[0]  # what was in flight is in the long output too
             fits = len("; ".join(parts + [full])) <= MAX_SUMMARY
-            parts.insert(0 if deadline[0].state == self.worst(results) else len(parts), full if fits else stage)
+            parts.insert(0 if deadline[0].state.text == self.worst(results) else len(parts), full if fits else stage)
         if warned:
             parts.append(f"{len(warned)} warning{'s' if len(warned) != 1 else ''}: {_short(warned[0].metric.value)}")
         slow = [r for r in results if r.metric and r.metric.name == "time" and r.state != nagiosplugin.Ok]
@@ -194,64 +204,68 @@ class ScanSummary(nagiosplugin.Summary):
 
     def verbose(self, results: nagiosplugin.Results) -> List[str]:
         scan = self._scan(results)
-        findings = sorted((r for r in results if r.metric and r.metric.context in ("finding", "deadline")),
-                          key=lambda r: -SEVERITY[r.state])
+        findings = sorted((r for r in results if r.metric and r.metric.context == "finding"),
+                          key=lambda r: -SEVERITY[r.state.text])
         lines = [f"{str(r.state).upper()}: {r.hint}" for r in findings]
         lines += [f"note: {note}" for note in scan.notes]
-        lines += [f"note: {describe(c)}" for c in scan.content if c.notes]
+        lines += [f"note: {describe(f)}" for f in scan.findings if f.notes]
         if self.verbose_level >= 1:
             lines += self._image_lines(scan)
         return lines
 
     @staticmethod
     def _image_lines(scan: ScanResult) -> List[str]:
-        verdicts = {}
-        for finding in scan.content:
-            for target in finding.affected:
-                if finding.error is not None:
-                    verdicts[target] = "BROKEN"
-                elif finding.caveats and verdicts.get(target) != "BROKEN":
-                    verdicts[target] = "WARNING"
-        sizes = {c.subject: c.size or 0 for c in scan.content}
         lines = []
-        for result in scan.targets:
-            total = sum(sizes.get(str(d.digest), d.size or 0) for d in result.blobs)
+        for verdict in image_verdicts(scan):
+            word, result = IMAGE_WORDS[verdict.state], verdict.resolved
+            if result is None:
+                lines.append(f"image {verdict.target}: not resolved: {word}")
+                continue
             lines.append(f"image {result.target}: manifest {result.manifest_digest.short()}…, "
-                         f"{len(result.blobs)} blobs, {human_bytes(total)}"
-                         f"{' (artifact)' if result.artifact else ''}: {verdicts.get(result.target, 'OK')}")
+                         f"{len(result.blobs)} blobs, {human_bytes(verdict.bytes)}"
+                         f"{' (artifact)' if result.artifact else ''}: {word}")
         return lines
 
 
-#: Nagios' "worst state": CRITICAL over WARNING over UNKNOWN over OK (as monitoring-plugins' max_state_alt),
-#: so a timeout (UNKNOWN by default) never hides a broken blob found before it.
-SEVERITY = {nagiosplugin.Ok: 0, nagiosplugin.Unknown: 1, nagiosplugin.Warn: 2, nagiosplugin.Critical: 3}
+def _broken_head(broken: Sequence[Finding]) -> str:
+    """`2 broken blobs`, `1 broken manifest`, `1 broken blob and 1 broken manifest`; `N problem` when the
+    registry itself or our own code failed."""
+    if any(not f.kind.about_content for f in broken):
+        return f"{len(broken)} problem"
+    blobs = sum(1 for f in broken if f.kind.blob)
+    counts = ((blobs, "blob"), (len(broken) - blobs, "manifest"))
+    return " and ".join(f"{n} broken {noun}{'s' if n != 1 else ''}" for n, noun in counts if n)
 
 
 class RegistryCheck(nagiosplugin.Check):
+    """nagiosplugin's Check with our order of states (CRITICAL over WARNING over UNKNOWN) and exit codes."""
+
     @property
-    def state(self) -> nagiosplugin.state.ServiceState:
+    def state_word(self) -> str:
         return ScanSummary.worst(self.results)
 
     @property
+    def state(self) -> nagiosplugin.state.ServiceState:
+        return NAGIOS_STATES[self.state_word]
+
+    @property
     def exitcode(self) -> int:
-        return int(self.state.code)
+        return EXIT_CODES[self.state_word]
 
 
 def build_check(scan: Callable[[], ScanResult], *, warning: str = "", critical: str = "",
-                timeout_state: str = "unknown", verbose: int = 0) -> nagiosplugin.Check:
-    state = STATES[timeout_state]
+                timeout_state: str = UNKNOWN, verbose: int = 0) -> RegistryCheck:
     return RegistryCheck(
         RegistryScan(scan),
         nagiosplugin.ScalarContext("count"),
         nagiosplugin.ScalarContext("time", warning or None, critical or None),
-        FindingContext(state),
-        DeadlineContext(state),
+        FindingContext(timeout_state),
         ScanSummary(verbose))
 
 
-def _short(finding: ContentResult) -> str:
+def _short(finding: Finding) -> str:
     reason = str(finding.error) if finding.error is not None else "; ".join(finding.caveats)
-    if finding.kind in ("registry", "internal"):
+    if not finding.kind.about_content:
         return _cut(reason, 120)
     subject = finding.subject
     if ":" in subject and len(subject) > 30 and "/" not in subject:
@@ -259,10 +273,9 @@ def _short(finding: ContentResult) -> str:
     return f"{finding.kind} {subject} {_cut(reason, 64)}"
 
 
-def render(check: nagiosplugin.Check) -> str:
+def render(check: RegistryCheck) -> str:
     """Line 1 (status, summary, perfdata), then the long output, all under Nagios' 8 KiB."""
-    summary = _plain(check.summary_str.strip())
-    status = f"{NAME} {str(check.state).upper()}" + (f" - {summary}" if summary else "")
+    status = status_line(check.state_word, _plain(check.summary_str.strip()))
     perfdata = " ".join(check.perfdata)
     first = status + (f" | {perfdata}" if perfdata else "")
     lines = [_plain(line) for line in (check.verbose_str or [])]

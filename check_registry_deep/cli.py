@@ -1,26 +1,27 @@
-"""The entry point: options in, a check run, a status line and exit code out. Nothing else knows argv."""
+"""The entry point: argv in, checked into frozen options, a check run, a status line and exit code out.
+
+Nothing else knows argv. The slow imports (requests, nagiosplugin) wait until the options are good.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import re
 import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Pattern, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from . import __version__
-from .discovery import Discovery, compile_pattern
 from .errors import UsageError
+from .options import AccessOptions, CheckOptions, DiscoveryOptions, ScaleOptions
 from .reference import DOMAIN_RE, REPOSITORY_RE, ImageRef, Platform
+from .states import EXIT_CODES, STATES, UNKNOWN, status_line
 
-NAME = "REGISTRY_DEEP"
-EXIT_UNKNOWN = 3
-TIMEOUT_STATES = ("ok", "warning", "critical", "unknown")
 #: Seconds past the deadline after which the watchdog prints a status line whatever the run is doing.
 WATCHDOG_GRACE = 0.8
 
@@ -92,9 +93,9 @@ def parse_timeout(text: str) -> Tuple[float, str]:
         seconds = float(seconds_text)
     except ValueError:
         raise UsageError(f"invalid --timeout {text!r}: expected SECONDS[:STATE], e.g. 50 or 50:critical") from None
-    if not 0 < seconds < 86400 or state not in TIMEOUT_STATES:
+    if not 0 < seconds < 86400 or state not in STATES:
         raise UsageError(f"invalid --timeout {text!r}: expected seconds > 0 and a state among "
-                         f"{', '.join(TIMEOUT_STATES)}")
+                         f"{', '.join(STATES)}")
     return seconds, state
 
 
@@ -140,21 +141,6 @@ def plan_images(registry: Optional[str], texts: Sequence[str], allow_none: bool 
     return planned
 
 
-@dataclass(frozen=True)
-class AccessOptions:
-    """How to reach and authenticate to the registries: checked here, used by run.py."""
-
-    registry: Optional[str] = None  # the --registry origin: the only one explicit credentials go to
-    username: Optional[str] = None
-    password_file: Optional[str] = None
-    docker_config: Optional[str] = None
-    ca_bundle: Optional[str] = None
-    client_cert: Optional[str] = None
-    client_key: Optional[str] = None
-    insecure: bool = False
-    connect_to: Optional[str] = None
-
-
 def access_options(options: argparse.Namespace) -> AccessOptions:
     for flag, path in (("--ca-bundle", options.ca_bundle), ("--client-cert", options.client_cert),
                        ("--client-key", options.client_key), ("--password-file", options.password_file)):
@@ -175,20 +161,7 @@ def access_options(options: argparse.Namespace) -> AccessOptions:
                          options.client_cert, options.client_key, options.insecure, options.connect_to)
 
 
-@dataclass(frozen=True)
-class ScaleOptions:
-    """Discovery, replicas, coverage rotation and the outputs for people and scripts."""
-
-    discovery: Optional[Discovery] = None
-    replicas: Tuple[str, ...] = ()
-    max_bytes: Optional[int] = None
-    state_file: Optional[str] = None
-    json: Optional[str] = None
-    progress: bool = False
-    table: bool = False
-
-
-def discovery_options(options: argparse.Namespace) -> Optional[Discovery]:
+def discovery_options(options: argparse.Namespace) -> Optional[DiscoveryOptions]:
     if not options.repository:
         if options.all_tags or options.tag_pattern:
             raise UsageError("--all-tags and --tag-pattern go with --repository")
@@ -201,7 +174,14 @@ def discovery_options(options: argparse.Namespace) -> Optional[Discovery]:
         if not REPOSITORY_RE.fullmatch(prefix.rstrip("/")):
             raise UsageError(f"invalid --repository {prefix!r}: expected a repository name or path prefix")
     pattern = compile_pattern(options.tag_pattern) if options.tag_pattern else None
-    return Discovery(tuple(options.repository), pattern)
+    return DiscoveryOptions(tuple(options.repository), pattern)
+
+
+def compile_pattern(text: str) -> Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise UsageError(f"invalid --tag-pattern {text!r}: {exc}") from None
 
 
 def parse_bytes(text: Optional[str]) -> Optional[int]:
@@ -237,11 +217,10 @@ class _Watchdog:
             if self.done:
                 return
             self.done = True
-            code = {"ok": 0, "warning": 1, "critical": 2}.get(state, EXIT_UNKNOWN)
-            sys.stdout.write(f"{NAME} {state.upper()} - deadline of {seconds:g}s passed and the run did not "
-                             f"wind down\n")
+            sys.stdout.write(status_line(state, f"deadline of {seconds:g}s passed and the run did not wind down")
+                             + "\n")
             sys.stdout.flush()
-            os._exit(code)
+            os._exit(EXIT_CODES[state])
 
     def finish(self, output: str) -> None:
         with self.lock:
@@ -272,24 +251,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         platforms = [Platform.parse(p) for p in options.platform]
         watchdog = _Watchdog(seconds - (time.monotonic() - started), seconds, timeout_state)
         watchdog.timer.start()
-        from .run import run_check  # deferred: requests, tenacity and nagiosplugin cost time at start-up
+        from .app import run_check  # deferred: requests, tenacity and nagiosplugin cost time at start-up
         access = access_options(options)
         interactive = sys.stdout.isatty() and sys.stderr.isatty()  # a person at a terminal; never Icinga
         scale = ScaleOptions(discovery, tuple(normalize_registry(url) for url in options.compare_registry),
                              parse_bytes(options.max_bytes), options.state_file, options.json,
                              progress=interactive, table=interactive and options.json != "-")
-        output, exitcode = run_check(images, seconds=seconds, timeout_state=timeout_state, workers=options.workers,
-                                     platforms=platforms, warning=options.warning, critical=options.critical,
-                                     verbose=verbose, access=access, scale=scale, started=started)
+        output, exitcode = run_check(CheckOptions(
+            tuple(images), seconds=seconds, timeout_state=timeout_state, workers=options.workers,
+            platforms=tuple(platforms), warning=options.warning, critical=options.critical, verbose=verbose,
+            access=access, scale=scale, started=started))
     except UsageError as exc:  # user input may hold a |, which Nagios would read as the start of perfdata
-        output, exitcode = f"{NAME} UNKNOWN - {exc}\n".replace("|", "/"), EXIT_UNKNOWN
+        output, exitcode = status_line(UNKNOWN, str(exc)).replace("|", "/") + "\n", EXIT_CODES[UNKNOWN]
     except KeyboardInterrupt:
-        output, exitcode = f"{NAME} UNKNOWN - interrupted\n", EXIT_UNKNOWN
+        output, exitcode = status_line(UNKNOWN, "interrupted") + "\n", EXIT_CODES[UNKNOWN]
     except Exception as exc:  # the last line of defence: one line, and a traceback only at -vvv
-        output = f"{NAME} UNKNOWN - internal error: {type(exc).__name__}: {exc}\n".replace("|", "/")
+        output = status_line(UNKNOWN, f"internal error: {type(exc).__name__}: {exc}").replace("|", "/") + "\n"
         if verbose >= 3:
             output += traceback.format_exc().replace("|", "/")
-        exitcode = EXIT_UNKNOWN
+        exitcode = EXIT_CODES[UNKNOWN]
     if watchdog is not None:
         watchdog.finish(output)
     else:

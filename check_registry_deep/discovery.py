@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, List, Optional, Pattern, Tuple
+from typing import TYPE_CHECKING, Iterator, List, Optional
 
-from .errors import ManifestInvalid, NotFound, UsageError
+from .errors import ManifestInvalid, NotFound
+from .options import DiscoveryOptions
 from .reference import TAG_RE, ImageRef, validate_repository
 
 if TYPE_CHECKING:  # the client pulls in requests and tenacity: not at start-up
@@ -15,32 +14,23 @@ if TYPE_CHECKING:  # the client pulls in requests and tenacity: not at start-up
 MAX_PAGES = 1000  # a million names: beyond that a registry is looping us
 
 
-@dataclass(frozen=True)
-class Discovery:
-    """`--repository PREFIX` with `--all-tags` or `--tag-pattern REGEX`."""
-
-    prefixes: Tuple[str, ...]
-    tag_pattern: Optional[Pattern[str]] = None  # None: every tag
-
-    def wants(self, repository: str) -> bool:
-        return any(repository == p.rstrip("/") or repository.startswith(p.rstrip("/") + "/") for p in self.prefixes)
-
-    def images(self, client: RegistryClient) -> List[ImageRef]:
-        found = []
-        for repository in _pages(client, "/v2/_catalog", "repositories"):
-            if not self.wants(repository):
-                continue
-            validate_repository(repository)
-            try:
-                tags = list(_pages(client, f"/v2/{repository}/tags/list", "tags"))
-            except NotFound:  # distribution 2.8: NAME_UNKNOWN for a repository holding only untagged manifests
-                tags = []
-            for tag in tags:
-                if not TAG_RE.fullmatch(tag):
-                    raise ManifestInvalid(f"tags of {repository}: invalid tag {tag[:80]!r}")
-                if self.tag_pattern is None or self.tag_pattern.fullmatch(tag):
-                    found.append(ImageRef(None, repository, tag))
-        return found
+def discover(wanted: DiscoveryOptions, client: RegistryClient) -> List[ImageRef]:
+    """The images under `wanted`'s prefixes whose tags it selects, from the catalog and tags APIs."""
+    found = []
+    for repository in _pages(client, "/v2/_catalog", "repositories"):
+        if not wanted.wants(repository):
+            continue
+        validate_repository(repository)
+        try:
+            tags = list(_pages(client, f"/v2/{repository}/tags/list", "tags"))
+        except NotFound:  # distribution 2.8: NAME_UNKNOWN for a repository holding only untagged manifests
+            tags = []
+        for tag in tags:
+            if not TAG_RE.fullmatch(tag):
+                raise ManifestInvalid(f"tags of {repository}: invalid tag {tag[:80]!r}")
+            if wanted.tag_pattern is None or wanted.tag_pattern.fullmatch(tag):
+                found.append(ImageRef(None, repository, tag))
+    return found
 
 
 def _pages(client: RegistryClient, path: str, key: str) -> Iterator[str]:
@@ -61,9 +51,3 @@ def _pages(client: RegistryClient, path: str, key: str) -> Iterator[str]:
         yield from names
     raise ManifestInvalid(f"{path.split('?')[0]}: more than {MAX_PAGES} pages")
 
-
-def compile_pattern(text: str) -> Pattern[str]:
-    try:
-        return re.compile(text)
-    except re.error as exc:
-        raise UsageError(f"invalid --tag-pattern {text!r}: {exc}") from None

@@ -1,17 +1,23 @@
 """The project's exception hierarchy.
 
-Every fault the plugin can find is one of these types, so the judging layer (check.py) maps types to
-states and never has to parse messages. Messages say what was expected and what was got, and never carry
-a secret.
+Every fault the plugin can find is one of these types. Each class says what it means: whether it is
+transient (worth a retry) and which state it leads to, which `check.judge` reads; nobody parses messages.
+Messages say what was expected and what was got, and never carry a secret.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+from .states import CRITICAL, UNKNOWN
+
 
 class CheckError(Exception):
     """Base of everything the plugin raises on purpose."""
+
+    transient = False
+    #: The state a finding with this error leads to; None: the -t state (see check.judge).
+    state: Optional[str] = UNKNOWN
 
 
 class UsageError(CheckError):
@@ -23,13 +29,15 @@ class InternalError(CheckError):
 
 
 class DeadlineExceeded(CheckError):
-    """The run's -t deadline passed."""
+    """The run's -t deadline passed: judged with the state the user gave -t."""
+
+    state = None
 
 
 class RegistryError(CheckError):
-    """The registry (or the way to it) does not serve what it should."""
+    """The registry (or the way to it) does not serve what it should: pulls fail."""
 
-    transient = False
+    state = CRITICAL
 
 
 class TransportError(RegistryError):
@@ -98,9 +106,18 @@ class SizeMismatch(IntegrityError):
     """More or fewer bytes than the descriptor says (truncated or overlong)."""
 
 
+class Truncated(SizeMismatch):
+    """Fewer bytes than the descriptor says, whichever way it showed: the one wording of "truncated"."""
+
+    def __init__(self, evidence: str):
+        super().__init__(f"truncated: {evidence}")
+
+
 class ManifestInvalid(RegistryError):
     """A manifest that is not valid JSON of a known kind, or refers to invalid digests or names."""
 
 
 class UnsupportedDigest(RegistryError):
-    """A well-formed digest whose algorithm we cannot compute: reported, never guessed."""
+    """A well-formed digest whose algorithm we cannot compute: reported, never guessed; we cannot judge it."""
+
+    state = UNKNOWN

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Optional, Tuple, Union
 
 from .errors import ManifestInvalid
-from .reference import Digest, Platform, _shown
+from .model import Kind
+from .reference import Digest, Platform, shown
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -22,7 +23,6 @@ SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
 ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST, f"{SCHEMA1_SIGNED};q=0.5",
                     f"{SCHEMA1};q=0.4"])
 
-INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 SCHEMA1_TYPES = frozenset({SCHEMA1_SIGNED, SCHEMA1})
 IMAGE_CONFIG_TYPES = frozenset({"application/vnd.docker.container.image.v1+json",
@@ -34,7 +34,7 @@ FOREIGN_LAYER_TYPES = frozenset({"application/vnd.docker.image.rootfs.foreign.di
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 #: Kinds of content, as the output names them.
-LAYER, CONFIG, MANIFEST = "layer", "config", "manifest"
+LAYER, CONFIG, MANIFEST = Kind.LAYER, Kind.CONFIG, Kind.MANIFEST
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Descriptor:
     media_type: str
     digest: Digest
     size: Optional[int]  # None only for schema 1 layers, which declare no size
-    kind: str = LAYER
+    kind: Kind = LAYER
     urls: Tuple[str, ...] = ()
     platform: Optional[Platform] = None
 
@@ -90,7 +90,7 @@ def _field(obj: dict, key: str, kind: type, where: str, required: bool = True) -
     return value
 
 
-def _descriptor(obj: Any, kind: str, where: str) -> Descriptor:
+def _descriptor(obj: Any, kind: Kind, where: str) -> Descriptor:
     if not isinstance(obj, dict):
         raise ManifestInvalid(f"{where}: expected an object, got {type(obj).__name__}")
     size = _field(obj, "size", int, where)
@@ -124,7 +124,7 @@ def parse_manifest(body: bytes, content_type: str = "") -> Manifest:
         raise ManifestInvalid(f"manifest: expected mediaType to be str, got {type(media_type).__name__}")
     if doc.get("schemaVersion") != 2:  # else {"schemaVersion": 7} under an image Content-Type was 0 blobs, OK
         raise ManifestInvalid(f"unsupported manifest: mediaType {media_type[:80]!r}, schemaVersion "
-                              f"{_shown(doc.get('schemaVersion'))}")
+                              f"{shown(doc.get('schemaVersion'))}")
     if "manifests" in doc and media_type not in IMAGE_TYPES:
         children = _field(doc, "manifests", list, "index")
         return IndexManifest(media_type or OCI_INDEX, tuple(

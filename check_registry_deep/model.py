@@ -1,19 +1,57 @@
-"""The facts a scan gathers: images and the verdicts on their content, with the blast radius of each.
+"""The facts a scan gathers: images and the findings on their content, with the blast radius of each.
 
 Immutable values, shared by the gathering (scan), judging (check) and presenting (report) layers.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from .errors import CheckError, DeadlineExceeded
-from .manifests import CONFIG, LAYER, Descriptor
 from .reference import Digest, ImageRef, Platform
 
-#: How a blob was checked this run.
-VERIFIED, PRESENT, SKIPPED = "verified", "present", "skipped"
+if TYPE_CHECKING:
+    from .manifests import Descriptor
+
+
+class _Word(str, enum.Enum):
+    """An enum whose members are their words, in f-strings and JSON alike."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Kind(_Word):
+    """What a finding is about."""
+
+    LAYER = "layer"
+    CONFIG = "config"
+    MANIFEST = "manifest"
+    REGISTRY = "registry"  # the registry itself: unreachable, refused us, or its listing failed
+    INTERNAL = "internal"  # a bug of ours in one job
+    DEADLINE = "deadline"  # the run's -t deadline
+
+    @property
+    def blob(self) -> bool:
+        return self in (Kind.LAYER, Kind.CONFIG)
+
+    @property
+    def about_content(self) -> bool:
+        """Whether the finding names content (a blob or manifest), rather than the run or the registry."""
+        return self in (Kind.LAYER, Kind.CONFIG, Kind.MANIFEST)
+
+
+class Mode(_Word):
+    """How a blob was checked this run."""
+
+    VERIFIED = "verified"  # bytes fetched and hashed
+    PRESENT = "present"  # HEAD only: its deep check rotated to a later run
+    SKIPPED = "skipped"  # foreign: clients fetch it from its urls
 
 
 @dataclass(frozen=True)
@@ -39,11 +77,14 @@ class TargetResult:
 
 
 @dataclass(frozen=True)
-class ContentResult:
-    """The verdict on one piece of content (a blob, a manifest, a tag, the registry itself)."""
+class Finding:
+    """What the run learned about one piece of content (a blob, a manifest, a tag, the registry itself).
+
+    An `error` is a failure, `caveats` deserve a look, `notes` are said; check.judge turns them into a state.
+    """
 
     subject: str  # a digest, an image reference, or a registry URL
-    kind: str  # layer, config, manifest, registry
+    kind: Kind
     affected: Tuple[Target, ...]
     error: Optional[CheckError] = None
     caveats: Tuple[str, ...] = ()
@@ -52,7 +93,7 @@ class ContentResult:
     bytes_read: int = 0
     retries: int = 0
     repository: str = ""
-    mode: str = VERIFIED  # VERIFIED: bytes hashed; PRESENT: HEAD only (rotated to a later run); SKIPPED: foreign
+    mode: Mode = Mode.VERIFIED
     finished: float = 0.0  # seconds into the run
 
     @property
@@ -64,7 +105,7 @@ class ContentResult:
 class ScanResult:
     images: Tuple[ImageRef, ...]
     targets: Tuple[TargetResult, ...]
-    content: Tuple[ContentResult, ...]
+    findings: Tuple[Finding, ...]
     elapsed: float
     retries: int
     interrupted: Optional[DeadlineExceeded] = None
@@ -72,14 +113,14 @@ class ScanResult:
     oldest_verification: Optional[float] = None  # seconds, with --state-file: the stalest blob's last deep check
 
     @property
-    def problems(self) -> Tuple[ContentResult, ...]:
-        return tuple(c for c in self.content if c.problem)
+    def problems(self) -> Tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.problem)
 
     @property
-    def verified_blobs(self) -> Tuple[ContentResult, ...]:
-        return tuple(c for c in self.content if c.kind in (LAYER, CONFIG) and c.error is None and c.mode == VERIFIED)
+    def verified_blobs(self) -> Tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.kind.blob and f.error is None and f.mode == Mode.VERIFIED)
 
     @property
-    def present_blobs(self) -> Tuple[ContentResult, ...]:
+    def present_blobs(self) -> Tuple[Finding, ...]:
         """Blobs only confirmed present this run: their deep verification rotated to a later run."""
-        return tuple(c for c in self.content if c.error is None and c.mode == PRESENT)
+        return tuple(f for f in self.findings if f.error is None and f.mode == Mode.PRESENT)

@@ -36,14 +36,14 @@ class Digest:
     def parse(cls, text: object) -> Digest:
         """Parse a digest found in a manifest or reference; ManifestInvalid or UnsupportedDigest if not usable."""
         if not isinstance(text, str) or not DIGEST_RE.fullmatch(text):
-            raise ManifestInvalid(f"invalid digest: expected algorithm:hex, got {_shown(text)}")
+            raise ManifestInvalid(f"invalid digest: expected algorithm:hex, got {shown(text)}")
         algorithm, encoded = text.split(":", 1)
         if algorithm not in HEX_LENGTHS:
-            raise UnsupportedDigest(f"unsupported digest algorithm {algorithm!r} in {_shown(text)}: "
+            raise UnsupportedDigest(f"unsupported digest algorithm {algorithm!r} in {shown(text)}: "
                                     f"expected one of {', '.join(HEX_LENGTHS)}")
         if len(encoded) != HEX_LENGTHS[algorithm] or not re.fullmatch(r"[0-9a-f]+", encoded):
             raise ManifestInvalid(f"invalid {algorithm} digest: expected {HEX_LENGTHS[algorithm]} lowercase "
-                                  f"hex digits, got {_shown(text)}")
+                                  f"hex digits, got {shown(text)}")
         return cls(algorithm, encoded)
 
     @classmethod
@@ -60,14 +60,14 @@ class Digest:
         return f"{self.algorithm}:{self.hex}"
 
 
-def _shown(value: object, limit: int = 80) -> str:
+def shown(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def validate_repository(name: object) -> str:
     if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH or not REPOSITORY_RE.fullmatch(name):
-        raise ManifestInvalid(f"invalid repository name: expected lowercase path components, got {_shown(name)}")
+        raise ManifestInvalid(f"invalid repository name: expected lowercase path components, got {shown(name)}")
     return name
 
 

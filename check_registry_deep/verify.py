@@ -1,15 +1,15 @@
-"""Verifying bytes: one blob's stream against its descriptor, and a manifest against its digest.
+"""Verifying bytes: one blob's stream against its descriptor, and a manifest's bytes against its digest.
 
-No scheduling and no Nagios here: scan.py drives these, check.py judges what they raise.
+Streams and bytes in, errors out: no HTTP types, no scheduling and no Nagios here. transfer.py and resolve.py
+drive these; check.py judges what they raise.
 """
 
 from __future__ import annotations
 
 import threading
 import zlib
-from typing import Optional, Tuple
+from typing import Optional, Protocol, Tuple
 
-from .client import BlobResponse, FetchedManifest
 from .deadline import Deadline
 from .errors import (
     DeadlineExceeded,
@@ -18,6 +18,7 @@ from .errors import (
     ShortBody,
     SizeMismatch,
     TransportError,
+    Truncated,
     UnsupportedDigest,
 )
 from .manifests import Descriptor, schema1_payload
@@ -29,6 +30,17 @@ DECODED_ONLY = "served with Content-Encoding {encoding} despite Accept-Encoding:
 
 
 # -- one blob's stream -----------------------------------------------------------------------------------
+
+class BlobStream(Protocol):
+    """An open blob body (client.BlobResponse): raw bytes, at most `limit` of them; what its headers said."""
+
+    limit: Optional[int]
+    received: int
+    content_length: Optional[int]
+    content_encoding: Optional[str]
+
+    def read(self, size: int) -> bytes: ...
+
 
 class StreamVerifier:
     """Hashes a blob's raw bytes while they stream; if a hop encoded them, the decoded bytes too (capped)."""
@@ -80,7 +92,7 @@ class StreamVerifier:
                                  f"({self.raw_length} B, {self.digest.algorithm}:{self.raw.hexdigest()[:12]}…) "
                                  f"nor the decoded bytes hash to {self.digest.short()}…")
         if self.size is not None and self.raw_length < self.size:
-            raise SizeMismatch(f"truncated: got {self.raw_length} of {self.size} bytes")
+            raise Truncated(f"got {self.raw_length} of {self.size} bytes")
         if self.size is not None and self.raw_length > self.size:
             raise SizeMismatch(f"too long: got more than the {self.size} bytes declared")
         raise DigestMismatch(f"digest mismatch: got {self.digest.algorithm}:{self.raw.hexdigest()}")
@@ -95,7 +107,7 @@ def read_limit(size: Optional[int], encoding: Optional[str]) -> Optional[int]:
     return size + 1
 
 
-def verify_body(body: BlobResponse, descriptor: Descriptor, cancelled: threading.Event,
+def verify_body(body: BlobStream, descriptor: Descriptor, cancelled: threading.Event,
                 deadline: Deadline, chunk_size: int = CHUNK_SIZE, verifier: Optional[StreamVerifier] = None
                 ) -> Tuple[str, ...]:
     """Verify one open blob body against its descriptor: sizes first, then every byte.
@@ -109,7 +121,7 @@ def verify_body(body: BlobResponse, descriptor: Descriptor, cancelled: threading
     declared = None if body.content_length is None else offset + body.content_length
     if size is not None and not encoding and declared is not None and declared != size:
         if declared < size:
-            raise SizeMismatch(f"truncated: Content-Length says {declared} of {size} bytes")
+            raise Truncated(f"Content-Length says {declared} of {size} bytes")
         raise SizeMismatch(f"too long: Content-Length says {declared} bytes, descriptor {size}")
     limit = read_limit(size, encoding)
     body.limit = None if limit is None else limit - offset
@@ -146,25 +158,25 @@ def check_content_range(header: Optional[str], offset: int, size: Optional[int])
 
 # -- manifests -------------------------------------------------------------------------------------------
 
-def check_manifest_digest(fetched: FetchedManifest, expected: Optional[Digest]) -> Digest:
-    """The manifest's digest; DigestMismatch if it differs from what was asked for or what the registry says."""
+def check_manifest_digest(body: bytes, declared: Optional[str], expected: Optional[Digest]) -> Digest:
+    """The digest of manifest `body`; DigestMismatch if it differs from what was asked for (`expected`) or, by
+    tag, from what the registry `declared` (its Docker-Content-Digest)."""
     algorithm = expected.algorithm if expected else "sha256"
-    candidates = [fetched.body]
-    payload = schema1_payload(fetched.body)
-    if payload is not fetched.body:
+    candidates = [body]
+    payload = schema1_payload(body)
+    if payload is not body:
         candidates.append(payload)
-    actual = [Digest.of(body, algorithm) for body in candidates]
+    actual = [Digest.of(candidate, algorithm) for candidate in candidates]
     if expected is not None:
         if expected not in actual:
             raise DigestMismatch(f"requested by {expected}, got bytes hashing to {actual[0]}")
         return expected
-    declared = fetched.declared_digest
     if declared:
         try:
             declared_digest = Digest.parse(declared)
         except (ManifestInvalid, UnsupportedDigest):
             raise ManifestInvalid(f"invalid Docker-Content-Digest header {declared[:80]!r}") from None
-        computed = [Digest.of(body, declared_digest.algorithm) for body in candidates]
+        computed = [Digest.of(candidate, declared_digest.algorithm) for candidate in candidates]
         if declared_digest not in computed:
             raise DigestMismatch(f"registry declares {declared_digest} (Docker-Content-Digest), "
                                  f"bytes hash to {computed[-1]}")

@@ -35,7 +35,7 @@ def _openssl(*args: str) -> None:
 
 
 class CertificateAuthority:
-    """A throwaway CA in `directory`, issuing certificates for 127.0.0.1 and localhost."""
+    """A throwaway CA in `directory`, issuing certificates for 127.0.0.1, 127.0.0.2 and localhost."""
 
     def __init__(self, directory: Path, name: str = "registry-lab CA"):
         self.directory = Path(directory)
@@ -46,11 +46,11 @@ class CertificateAuthority:
                  "-keyout", str(self.key), "-out", str(self.cert))
 
     def issue(self, name: str, *, client: bool = False) -> tuple:
-        """(certificate, key) paths for a server (SAN 127.0.0.1, localhost) or a client."""
+        """(certificate, key) paths for a server (SAN 127.0.0.1, 127.0.0.2, localhost) or a client."""
         key, csr, cert = (self.directory / f"{name}.{ext}" for ext in ("key", "csr", "pem"))
         extensions = self.directory / f"{name}.ext"
         extensions.write_text("extendedKeyUsage=clientAuth\n" if client else
-                              "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+                              "subjectAltName=IP:127.0.0.1,IP:127.0.0.2,DNS:localhost\nextendedKeyUsage=serverAuth\n")
         _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(csr))
         _openssl("x509", "-req", "-in", str(csr), "-CA", str(self.cert), "-CAkey", str(self.key), "-CAcreateserial",
                  "-days", "2", "-extfile", str(extensions), "-out", str(cert))
@@ -62,11 +62,13 @@ def _b64url(data: bytes) -> str:
 
 
 class _Server:
-    """A threaded HTTP server on 127.0.0.1 with a handler function; records every request's method, path and
-    headers, whatever the method (so a test can prove that only GET and HEAD arrived). With `tls` (a
-    certificate and key, e.g. from CertificateAuthority.issue) it serves https."""
+    """A threaded HTTP server on `host` (127.0.0.1; 127.0.0.2 is another loopback host on Linux) with a handler
+    function; records every request's method, path and headers, whatever the method (so a test can prove that
+    only GET and HEAD arrived). With `tls` (a certificate and key, e.g. from CertificateAuthority.issue) it
+    serves https, and with `client_ca` too it requires a client certificate issued by that CA."""
 
-    def __init__(self, handle, tls: Optional[Tuple[Path, Path]] = None):
+    def __init__(self, handle, tls: Optional[Tuple[Path, Path]] = None, *, host: str = "127.0.0.1",
+                 client_ca: Optional[Path] = None):
         self.requests: List[Dict[str, str]] = []
         outer = self
 
@@ -80,18 +82,22 @@ class _Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = host
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
         self.tls = tls is not None
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(str(tls[0]), str(tls[1]))
+            if client_ca is not None:
+                context.verify_mode = ssl.CERT_REQUIRED
+                context.load_verify_locations(str(client_ca))
             self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def __enter__(self):
         self.thread.start()
@@ -113,12 +119,16 @@ def _reply(handler: BaseHTTPRequestHandler, status: int, body: bytes = b"", head
 
 
 class TokenIssuer(_Server):
-    """A token service per the Docker token spec: Basic credentials in, an RS256 JWT out (signed by openssl)."""
+    """A token service per the Docker token spec: Basic credentials in, an RS256 JWT out (signed by openssl).
+
+    `tls`, `host` and `client_ca` as for every server here: over https on another host, as real deployments
+    put their token service (Harbor's core, GitLab's Rails)."""
 
     service = "registry-lab"
     issuer = "registry-lab-issuer"
 
-    def __init__(self, directory: Path, users: Dict[str, str], *, anonymous: bool = False):
+    def __init__(self, directory: Path, users: Dict[str, str], *, anonymous: bool = False,
+                 tls: Optional[Tuple[Path, Path]] = None, host: str = "127.0.0.1", client_ca: Optional[Path] = None):
         self.directory = Path(directory)
         self.users = users
         self.anonymous = anonymous
@@ -129,7 +139,7 @@ class TokenIssuer(_Server):
         der = subprocess.run(["openssl", "x509", "-in", str(self.cert), "-outform", "DER"], capture_output=True,
                              check=True).stdout
         self.x5c = base64.b64encode(der).decode()
-        super().__init__(self._handle)
+        super().__init__(self._handle, tls, host=host, client_ca=client_ca)
 
     def registry_config(self) -> dict:
         return {"auth": {"token": {"realm": f"{self.url}/token", "service": self.service, "issuer": self.issuer,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Callable, Iterator, List, Optional
 
 import pytest
 
@@ -16,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from registry_lab import ImageSet, LocalRegistry, seed_sentinels  # noqa: E402
+from registry_lab.icinga import private_dir  # noqa: E402
 from registry_lab.images import Layer, random_bytes, write_schema1  # noqa: E402
+from registry_lab.secure import CertificateAuthority  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,16 @@ class Lab:
         template = LocalRegistry(self.workdir, storage=self.storage)
         return template.clone(tmp, **kwargs).start()
 
+    def tls_registry(self, tmp: Path, ca: CertificateAuthority, *, client_certs: bool = False,
+                     config: Optional[dict] = None) -> LocalRegistry:
+        """A registry serving https with a certificate from `ca`; with `client_certs`, it requires one from `ca`.
+        `config` adds to its configuration (an auth section, say)."""
+        cert, key = ca.issue("registry")
+        tls = {"certificate": str(cert), "key": str(key)}
+        if client_certs:
+            tls["clientcas"] = [str(ca.cert)]
+        return self.registry(tmp / "registry", config={**(config or {}), "http": {"tls": tls}}, tls=True)
+
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
@@ -85,9 +98,23 @@ def pristine(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loc
     registry.stop()
 
 
+@pytest.fixture(scope="session")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
+    """A throwaway certificate authority for the TLS tests."""
+    return CertificateAuthority(tmp_path_factory.mktemp("ca"))
+
+
 @pytest.fixture
 def damaged(lab: Lab, tmp_path: Path) -> Iterator[LocalRegistry]:
     """A private registry on a fresh copy of the sentinel storage, for one test to damage."""
     registry = lab.registry(tmp_path)
     yield registry
     registry.stop()
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A temporary directory icinga2 can use when it drops to `nobody` (tmp_path is private to the caller)."""
+    path = private_dir("icinga-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

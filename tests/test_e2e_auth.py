@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import stat
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -27,15 +29,23 @@ def password_file(tmp_path, password=PASSWORD):
     return str(path)
 
 
+def credentials(tmp_path):
+    return ["--username", "alice", "--password-file", password_file(tmp_path)]
+
+
 def assert_no_secret(run, secret=PASSWORD):
     assert secret not in run.stdout and secret not in run.stderr
     assert base64.b64encode(f"alice:{secret}".encode()).decode() not in run.stdout + run.stderr
 
 
+def basic_auth_config(tmp_path):
+    users = htpasswd(tmp_path / "htpasswd", {"alice": PASSWORD})
+    return {"auth": {"htpasswd": {"realm": "lab", "path": str(users)}}}
+
+
 @pytest.fixture
 def basic_registry(lab, tmp_path):
-    users = htpasswd(tmp_path / "htpasswd", {"alice": PASSWORD})
-    registry = lab.registry(tmp_path / "registry", config={"auth": {"htpasswd": {"realm": "lab", "path": str(users)}}})
+    registry = lab.registry(tmp_path / "registry", config=basic_auth_config(tmp_path))
     yield registry
     registry.stop()
 
@@ -132,22 +142,8 @@ def test_anonymous_token_flow(plugin, lab, tmp_path):
     assert all("Authorization" not in r for r in issuer.requests)
 
 
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory):
-    return CertificateAuthority(tmp_path_factory.mktemp("ca"))
-
-
-def tls_registry(lab, tmp_path, ca, *, client_certs=False):
-    cert, key = ca.issue("registry")
-    tls = {"certificate": str(cert), "key": str(key)}
-    if client_certs:
-        tls["clientcas"] = [str(ca.cert)]
-    registry = lab.registry(tmp_path / "registry", config={"http": {"tls": tls}}, tls=True)
-    return registry
-
-
 def test_tls_with_private_ca(plugin, lab, tmp_path, ca):
-    registry = tls_registry(lab, tmp_path, ca)
+    registry = lab.tls_registry(tmp_path, ca)
     try:
         good = plugin("-R", registry.url, *image_args(), "--ca-bundle", str(ca.cert))
         bad = plugin("-R", registry.url, *image_args())
@@ -165,7 +161,7 @@ def test_tls_with_private_ca(plugin, lab, tmp_path, ca):
 
 
 def test_tls_with_required_client_certificate(plugin, lab, tmp_path, ca):
-    registry = tls_registry(lab, tmp_path, ca, client_certs=True)
+    registry = lab.tls_registry(tmp_path, ca, client_certs=True)
     cert, key = ca.issue("monitoring", client=True)
     try:
         good = plugin("-R", registry.url, *image_args(), "--ca-bundle", str(ca.cert), "--client-cert", str(cert),
@@ -207,11 +203,27 @@ def test_connect_to_reaches_another_backend(plugin, lab, pristine, damaged):
     assert ours, "the damaged backend saw no request"
 
 
+def test_connect_to_answers_the_backends_auth_challenge(plugin, lab, basic_registry, tmp_path):
+    """The backend --connect-to reaches asks for credentials like the registry it stands for: they are sent.
+    (The 401 came back with the backend's address as its URL, which is not the registry's origin, so the
+    challenge went unanswered and every manifest was "401 UNAUTHORIZED".)"""
+    backend = lab.registry(tmp_path / "backend", config=basic_auth_config(tmp_path))
+    try:
+        run = plugin("-R", basic_registry.url, *image_args(), *credentials(tmp_path), "--connect-to", backend.host)
+        ours = [e for e in backend.access_log() if "check_registry_deep/" in e["agent"]]
+    finally:
+        backend.stop()
+    assert run.code == 0, run.stdout
+    assert run.first.startswith("REGISTRY_DEEP OK - 2 images, 6 blobs, "), run.first
+    assert ours, "the backend saw no request"
+    assert not [e for e in basic_registry.access_log() if "check_registry_deep/" in e["agent"]]
+
+
 def test_connect_to_over_tls_keeps_the_registry_name_for_sni_and_the_certificate(plugin, lab, tmp_path, ca):
     """The URL names localhost:<port of A>; --connect-to sends everything to B. B's certificate is checked
     against the name in the URL (localhost), so a wrong name fails even though the bytes come from 127.0.0.1."""
-    first = tls_registry(lab, tmp_path / "a", ca)
-    second = tls_registry(lab, tmp_path / "b", ca)
+    first = lab.tls_registry(tmp_path / "a", ca)
+    second = lab.tls_registry(tmp_path / "b", ca)
     try:
         second.truncate_blob(lab.images.golden.digest, 100)
         url = f"https://localhost:{first.port}"
@@ -227,3 +239,84 @@ def test_connect_to_over_tls_keeps_the_registry_name_for_sni_and_the_certificate
     assert via.first.startswith("REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 2 of 2 images: "), via.first
     assert wrong_name.code == 2
     assert "TLS failure talking to https://wrong.invalid:" in wrong_name.first, wrong_name.first
+
+
+# -- a token service over TLS on another host: the TLS options reach it, --connect-to does not --------------
+
+@pytest.fixture
+def realm_elsewhere(lab, tmp_path, ca):
+    """Starts a token service over https on 127.0.0.2, another host than the registries on 127.0.0.1 (as Harbor
+    or GitLab run theirs), and https registries that send their clients there; stops them all afterwards."""
+    with contextlib.ExitStack() as stack:
+        def issuer(*, authority=ca, client_ca=None):
+            started = TokenIssuer(tmp_path, {"alice": PASSWORD}, tls=authority.issue("tokens"), host="127.0.0.2",
+                                  client_ca=client_ca)
+            return stack.enter_context(started)
+
+        def registry(issuer, name="a"):
+            started = lab.tls_registry(tmp_path / name, ca, config=issuer.registry_config())
+            stack.callback(started.stop)
+            return started
+
+        yield issuer, registry
+
+
+def test_token_service_over_tls_on_another_host_trusts_the_ca_bundle_and_insecure(plugin, realm_elsewhere, ca,
+                                                                                   tmp_path):
+    start_issuer, start_registry = realm_elsewhere
+    issuer = start_issuer()
+    registry = start_registry(issuer)
+    assert urlsplit(issuer.url).hostname == "127.0.0.2" and urlsplit(registry.url).hostname == "127.0.0.1"
+    trusted = plugin("-R", registry.url, *image_args(), *credentials(tmp_path), "--ca-bundle", str(ca.cert))
+    insecure = plugin("-R", registry.url, *image_args(), *credentials(tmp_path), "--insecure")
+    assert trusted.code == 0, trusted.stdout
+    assert trusted.first.startswith("REGISTRY_DEEP OK - 2 images, 6 blobs, "), trusted.first
+    assert insecure.code == 0, insecure.stdout
+    assert insecure.first.startswith("REGISTRY_DEEP OK - 2 images, 6 blobs, "), insecure.first
+    assert "; TLS certificates NOT verified (--insecure)" in insecure.first
+    assert "note: TLS certificates NOT verified (--insecure)" in insecure.lines
+    assert issuer.requests and all(r["method"] == "GET" for r in issuer.requests)
+    assert_no_secret(trusted)
+    assert_no_secret(insecure)
+
+
+def test_token_service_requiring_a_client_certificate_gets_the_clients(plugin, realm_elsewhere, ca, tmp_path):
+    start_issuer, start_registry = realm_elsewhere
+    registry = start_registry(start_issuer(client_ca=ca.cert))  # the registry itself asks for none
+    cert, key = ca.issue("monitoring", client=True)
+    good = plugin("-R", registry.url, *image_args(), *credentials(tmp_path), "--ca-bundle", str(ca.cert),
+                  "--client-cert", str(cert), "--client-key", str(key))
+    without = plugin("-R", registry.url, *image_args(), *credentials(tmp_path), "--ca-bundle", str(ca.cert))
+    assert good.code == 0, good.stdout
+    assert good.first.startswith("REGISTRY_DEEP OK - 2 images, 6 blobs, "), good.first
+    assert without.code == 2, without.stdout
+    assert without.first.startswith("REGISTRY_DEEP CRITICAL - ") and "token service" in without.first, without.first
+
+
+def test_tls_failure_at_the_token_service_is_critical_with_its_reason(plugin, realm_elsewhere, ca, tmp_path):
+    """The registry's certificate is trusted (--ca-bundle), the token service's is not (another CA signed it):
+    the verdict names the token service and why its TLS failed, not a bare exception name."""
+    start_issuer, start_registry = realm_elsewhere
+    issuer = start_issuer(authority=CertificateAuthority(tmp_path / "other-ca", "another CA"))
+    registry = start_registry(issuer)
+    run = plugin("-R", registry.url, *image_args(), *credentials(tmp_path), "--ca-bundle", str(ca.cert))
+    assert run.code == 2, run.stdout
+    assert run.first.startswith("REGISTRY_DEEP CRITICAL - "), run.first
+    assert "TLS failure" in run.first and "token service" in run.first, run.first
+    assert "certificate verify failed" in run.first, run.first
+    assert not issuer.requests  # no request got through the handshake
+    assert_no_secret(run)
+
+
+def test_connect_to_does_not_apply_to_a_token_service_on_another_host(plugin, realm_elsewhere, lab, ca, tmp_path):
+    """--connect-to sends the registry's requests to B; the token requests still go to the realm's own host."""
+    start_issuer, start_registry = realm_elsewhere
+    issuer = start_issuer()
+    first, second = start_registry(issuer, "a"), start_registry(issuer, "b")
+    second.truncate_blob(lab.images.golden.digest, 100)
+    run = plugin("-R", first.url, *image_args(), *credentials(tmp_path), "--ca-bundle", str(ca.cert),
+                 "--connect-to", second.host)
+    assert run.code == 2, run.stdout
+    assert run.first.startswith("REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 2 of 2 images: "), run.first
+    assert issuer.requests  # the tokens came from the realm, not from B
+    assert not [e for e in first.access_log() if "check_registry_deep/" in e["agent"]]

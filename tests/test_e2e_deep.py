@@ -106,7 +106,7 @@ def test_deleted_tag_is_critical(plugin, damaged, lab):
     damaged.delete_tag("apps/web", "1.0")
     run = sentinel_run(plugin, damaged, lab)
     assert run.code == 2
-    assert run.first.startswith("REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 1 of 9 images: manifest "
+    assert run.first.startswith("REGISTRY_DEEP CRITICAL - 1 broken manifest, breaking 1 of 9 images: manifest "
                                 "apps/web:1.0 404 MANIFEST_UNKNOWN"), run.first
 
 

@@ -206,3 +206,79 @@ def test_discovery_follows_catalog_pages_of_a_real_registry(plugin, lab, tmp_pat
     assert run.code == 0, run.stdout
     assert run.first.startswith("REGISTRY_DEEP OK - 6 images, "), run.first
     assert len(catalog) >= 5, catalog  # 11 repositories, 2 a page
+
+
+@pytest.mark.parametrize("name", ["multi", "legacy"])  # an OCI index, a Docker manifest list
+def test_index_child_that_cannot_be_resolved_gets_its_own_critical_row_everywhere(damaged, lab, tmp_path, name):
+    """The child's manifest is gone (404): the JSON rows, the -v image lines and the table all list every platform
+    of the index, the lost one CRITICAL, so a script reading images[] sees what the exit code says."""
+    image = lab.images.images[name]
+    (lost, child), (kept, _) = sorted(image.children.items(), reverse=True)
+    damaged.remove_manifest_revision(image.repository, child)
+    report = tmp_path / "report.json"
+    code, out, _ = run_in_terminal("-R", damaged.url, "-i", image.ref, "-v", "--json", str(report))
+    lines = out.replace("\r", "").splitlines()
+    assert code == 2, out
+    assert lines[0].startswith("REGISTRY_DEEP CRITICAL - ") and f"manifest {child[:19]}… 404 MANIFEST_UNKNOWN" in \
+        lines[0], lines[0]
+    document = json.loads(report.read_text())
+    assert document["to_repush"] == [image.ref]
+    assert document["broken"][0]["breaks"] == [f"{image.ref} ({lost})"]
+    rows = sorted((row["image"], row["platform"], row["state"]) for row in document["images"])
+    assert rows == sorted([(image.ref, lost, "CRITICAL"), (image.ref, kept, "OK")]), document["images"]
+    verbose = [line for line in lines if line.startswith("image ")]
+    assert len(verbose) == 2, verbose
+    verdict = {platform: [line.rsplit(": ", 1)[-1] for line in verbose if line.startswith(f"image {image.ref} "
+                                                                                          f"({platform})")]
+               for platform in (lost, kept)}
+    assert verdict[kept] == ["OK"], verbose
+    assert len(verdict[lost]) == 1 and verdict[lost] != ["OK"], verbose
+    header = next(i for i, line in enumerate(lines) if line.startswith("IMAGE"))
+    table = sorted(tuple(row.split()[i] for i in (0, 1, -1)) for row in lines[header + 1:] if row.strip())
+    assert table == rows, lines[header:]
+
+
+def test_platform_option_selects_the_rows_of_an_index_with_a_lost_child(plugin, damaged, lab):
+    """--platform picks which children count: the lost one when selected (its row CRITICAL), else none of it."""
+    image = lab.images.images["multi"]
+    damaged.remove_manifest_revision(image.repository, image.children["linux/arm64/v8"])
+    lost = plugin("-R", damaged.url, "-i", image.ref, "--platform", "linux/arm64/v8", "--json", "-")
+    kept = plugin("-R", damaged.url, "-i", image.ref, "--platform", "linux/amd64", "--json", "-")
+    assert lost.code == 2, lost.stdout
+    assert [(row["platform"], row["state"]) for row in json.loads(lost.stdout)["images"]] == [
+        ("linux/arm64/v8", "CRITICAL")]
+    assert kept.code == 0, kept.stdout
+    assert [(row["platform"], row["state"]) for row in json.loads(kept.stdout)["images"]] == [("linux/amd64", "OK")]
+
+
+def test_rotation_deep_verifies_a_shared_blob_on_each_registry_it_lives_on(plugin, damaged, lab, tmp_path, ca):
+    """Coverage is per (registry, digest): the golden layer verified on one registry says nothing of its copy on
+    another. Registry B's copy has one byte flipped (same size: HEAD cannot tell); one blob a registry a run
+    (--max-bytes 1), and B has five blobs, so by the sixth run B must have fetched and hashed its own copy.
+
+    Before the fix the state file marked B's copy verified whenever A's was, and in this order (one worker, so
+    a lane rotates in a fixed order; B lists the artifact first) B never reached it: always OK."""
+    golden = lab.images.golden.digest
+    other = lab.tls_registry(tmp_path / "b", ca)
+    try:
+        other.flip_byte(golden, 1000)
+        state = tmp_path / "state.json"
+        args = ["-R", damaged.url, "-i", "base/golden:1", "-i", f"{other.host}/artifacts/sbom:1.0",
+                "-i", f"{other.host}/apps/web:1.0", "--ca-bundle", str(ca.cert), "--state-file", str(state),
+                "--max-bytes", "1", "--workers", "1"]
+        runs = []
+        for _ in range(6):
+            runs.append(plugin(*args))
+            if runs[-1].code:
+                break
+        fetched = {entry["path"].rsplit("/", 1)[-1] for entry in other.access_log()
+                   if entry["method"] == "GET" and "/blobs/" in entry["path"]}
+    finally:
+        other.stop()
+    claimed = {key.split(" ", 1)[1] for key, entry in state_of(state).items()
+               if key.startswith(other.url + " ") and entry["verified"]}
+    # the state file claims a blob verified on B only if B served it
+    assert claimed <= fetched, f"verified on {other.url} without a GET there: {sorted(claimed - fetched)}"
+    assert [run.code for run in runs][-1] == 2, [run.first for run in runs]
+    assert runs[-1].first.startswith(f"REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 1 of 3 images: layer "
+                                     f"{golden[:19]}… digest mismatch"), runs[-1].first

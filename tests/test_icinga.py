@@ -1,36 +1,36 @@
 """Icinga 2: the shipped CheckCommand and examples, validated and run by Debian's real icinga2 daemon.
 
-Every daemon here runs from its own temporary directories (config, state, run, certificates), in the foreground,
-on 127.0.0.1 only. When the suite itself runs as root, icinga2 drops to `nobody` (the way it drops to `nagios` in
-production) if `nobody` can run this interpreter; otherwise it keeps the invoking user.
+The daemons run through registry_lab/icinga.py: private directories, 127.0.0.1 only, as `nobody` when the suite
+runs as root and `nobody` can run this interpreter. The distributed example runs in tests/test_icinga_distributed.py.
 """
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import re
 import shutil
-import signal
-import stat
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, Optional
 
 import pytest
-import requests
 
 from registry_lab import free_port
+from registry_lab.icinga import (
+    ICINGA2,
+    ROOT,
+    Instance,
+    RunningIcinga,
+    assert_valid,
+    icinga_array,
+    instantiated,
+    private_dir,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 ICINGA = ROOT / "icinga"
 CHECKCOMMAND = ICINGA / "registry-deep.conf"
 EXAMPLES = ICINGA / "examples"
-ICINGA2 = shutil.which("icinga2")
 SYSTEM_INCLUDE = Path("/usr/share/icinga2/include")
 
 needs_icinga2 = pytest.mark.skipif(ICINGA2 is None, reason="icinga2 is not installed (tools/debian-packages.txt)")
@@ -42,121 +42,6 @@ COUNTED = {"--verbose"}
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-
-def reachable_by_anyone(path: Path) -> bool:
-    """Whether a user with no special rights can reach `path` (every directory on the way searchable)."""
-    path = path.resolve()
-    for directory in path.parents:
-        if not directory.stat().st_mode & stat.S_IXOTH:
-            return False
-    return bool(path.stat().st_mode & (stat.S_IROTH | (stat.S_IXOTH if path.is_file() else 0)))
-
-
-def drop_to_nobody() -> bool:
-    """Root drops icinga2 to `nobody` when `nobody` can run this interpreter and read the repository (a venv whose
-    interpreter lives under /root cannot be run by anyone else; icinga2 then keeps the invoking user)."""
-    if os.geteuid() != 0:
-        return False
-    needed = [Path(sys.executable), Path(sys.base_prefix) / "lib", ROOT / "check_registry_deep" / "__init__.py"]
-    return all(reachable_by_anyone(path) for path in needed)
-
-
-def daemon_user() -> Tuple[str, str]:
-    """The user and group icinga2 runs as: `nobody` when the suite is root and can, else the invoking user."""
-    if drop_to_nobody():
-        return "nobody", grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name
-    return pwd.getpwuid(os.geteuid()).pw_name, grp.getgrgid(os.getegid()).gr_name
-
-
-def private_dir(prefix: str) -> Path:
-    """A temporary directory the daemon user can use (pytest's tmp_path is private to the invoking user)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    path.chmod(0o755)
-    return path
-
-
-def give_to_daemon_user(*paths: Path) -> None:
-    if not drop_to_nobody():
-        return
-    user, group = daemon_user()
-    uid, gid = pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid
-    for path in paths:
-        for item in [path, *path.rglob("*")]:
-            os.chown(item, uid, gid)
-
-
-def plugin_wrapper(directory: Path) -> Path:
-    """A PluginContribDir holding check_registry_deep: this interpreter, with the repository on PYTHONPATH."""
-    directory.mkdir(parents=True, exist_ok=True)
-    script = directory / "check_registry_deep"
-    script.write_text(f"#!/bin/sh\nPYTHONPATH='{ROOT}' PYTHONDONTWRITEBYTECODE=1 exec '{sys.executable}' "
-                      f"-m check_registry_deep \"$@\"\n")
-    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH)
-    return directory
-
-
-class Instance:
-    """One icinga2 configuration with its own directories: validated with -C, or run in the foreground."""
-
-    def __init__(self, base: Path, *, node: str = "icinga-test.localdomain", include_dir: Optional[Path] = None,
-                 zones_dir: Optional[Path] = None) -> None:
-        self.base = base
-        self.node = node
-        self.etc = base / "etc"
-        self.data = base / "var" / "lib"
-        for path in (self.etc, self.data / "certs", base / "var" / "log", base / "var" / "cache",
-                     base / "var" / "spool", base / "run"):
-            path.mkdir(parents=True, exist_ok=True)
-        self.contrib = plugin_wrapper(base / "contrib")
-        user, group = daemon_user()
-        self.defines = {
-            "Configuration.DataDir": self.data,
-            "Configuration.LogDir": base / "var" / "log",
-            "Configuration.CacheDir": base / "var" / "cache",
-            "Configuration.SpoolDir": base / "var" / "spool",
-            "Configuration.InitRunDir": base / "run",
-            "Configuration.ConfigDir": self.etc,
-            "Configuration.ZonesDir": zones_dir or self.etc / "zones.d",
-            "Configuration.RunAsUser": user,
-            "Configuration.RunAsGroup": group,
-        }
-        if include_dir:
-            self.defines["Configuration.IncludeConfDir"] = include_dir
-
-    def write(self, body: str) -> Path:
-        config = self.etc / "icinga2.conf"
-        config.write_text(f'const NodeName = "{self.node}"\n'
-                          f'const ZoneName = NodeName\n'
-                          f'const PluginDir = "/usr/lib/nagios/plugins"\n'
-                          f'const ManubulonPluginDir = "/usr/lib/nagios/plugins"\n'
-                          f'const PluginContribDir = "{self.contrib}"\n' + body)
-        return config
-
-    def argv(self, *extra: str) -> List[str]:
-        defines = [f"--define={key}={value}" for key, value in self.defines.items()]
-        return [ICINGA2, "daemon", "-c", str(self.etc / "icinga2.conf"), *defines, *extra]
-
-    def validate(self) -> subprocess.CompletedProcess:
-        give_to_daemon_user(self.base)
-        return subprocess.run(self.argv("-C"), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-
-
-def instantiated(output: str) -> Dict[str, int]:
-    """`Instantiated 3 Services.` lines of `icinga2 daemon -C`, as {"Service": 3}."""
-    counts = {}
-    for number, kind in re.findall(r"information/ConfigItem: Instantiated (\d+) (\w+?)s?\.$", output, re.M):
-        counts[kind.rstrip("e") if kind.endswith("ie") else kind] = int(number)
-    return counts
-
-
-def assert_valid(done: subprocess.CompletedProcess) -> str:
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
-    assert "Finished validating the configuration file(s)." in output, output
-    problems = [line for line in output.splitlines() if re.search(r"\] (warning|critical)/", line)]
-    assert not problems, "\n".join(problems)
-    return output
-
 
 def itl_mirror(base: Path, extra: Optional[Path]) -> Path:
     """Debian's ITL include dir (links), with `extra` in plugins-contrib.d as the Debian package installs it.
@@ -272,13 +157,6 @@ PLUGIN_CONTRIB_COMMAND = 'command = [ PluginContribDir + "/check_registry_deep" 
 
 # ------------------------------------------------------------------------------------------------ validation
 
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    path = private_dir("icinga-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 @needs_icinga2
 def test_checkcommand_validates_standalone(scratch):
     instance = Instance(scratch)
@@ -319,117 +197,7 @@ def test_service_examples_validate_with_the_itl(scratch):
     assert counts.get("Notification") == 3, counts
 
 
-@needs_icinga2
-def test_distributed_example_validates_on_the_master(scratch):
-    distributed = EXAMPLES / "distributed"
-    zones_d = scratch / "zones.d"
-    shutil.copytree(distributed / "master" / "zones.d", zones_d)  # follows the symlink to the shipped command
-    assert (zones_d / "global-templates" / "registry-deep.conf").read_text() == CHECKCOMMAND.read_text()
-    assert not [item for item in zones_d.iterdir() if item.is_file()], "files directly in zones.d/ are ignored"
-    instance = Instance(scratch, node="master1.example.org", zones_dir=zones_d)
-    shutil.copy(distributed / "zones.conf", instance.etc / "zones.conf")
-    instance.write('include "zones.conf"\ninclude <itl>\ninclude <plugins>\n')
-    counts = instantiated(assert_valid(instance.validate()))
-    zone_dirs = {item.name for item in zones_d.iterdir()}
-    zone_names = set(re.findall(r'^object Zone "([^"]+)"', (distributed / "zones.conf").read_text(), re.M))
-    assert zone_dirs <= zone_names, f"zones.d folders named after no zone are ignored: {zone_dirs - zone_names}"
-    # Two registries per datacenter, each with its sentinel service run by its datacenter's satellite.
-    assert counts.get("Host") == 4, counts
-    assert counts.get("Service") == 4, counts
-    assert counts.get("CheckCommand", 0) > 1, counts
-
-
 # ------------------------------------------------------------------------------------------------ end to end
-
-def make_certificates(directory: Path, node: str) -> None:
-    """A CA and the node's certificate (CN and SAN: node name, 127.0.0.1), the way ApiListener expects them."""
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory, timeout=60)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Icinga test CA",
-            "-keyout", "ca.key", "-out", "ca.crt")
-    openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={node}",
-            "-keyout", f"{node}.key", "-out", f"{node}.csr")
-    (directory / "san.ext").write_text(f"subjectAltName = DNS:{node}, IP:127.0.0.1\n"
-                                       "extendedKeyUsage = serverAuth, clientAuth\n")
-    openssl("x509", "-req", "-in", f"{node}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-extfile", "san.ext", "-out", f"{node}.crt")
-    (directory / "ca.key").unlink()
-
-
-def icinga_array(values: List[str]) -> str:
-    return "[ " + ", ".join(f'"{value}"' for value in values) + " ]"
-
-
-class RunningIcinga:
-    def __init__(self, instance: Instance, port: int, password: str) -> None:
-        self.instance = instance
-        self.url = f"https://127.0.0.1:{port}/v1"
-        self.session = requests.Session()
-        self.session.trust_env = False  # REQUESTS_CA_BUNDLE would replace `verify`; no proxy for loopback
-        self.session.auth = ("root", password)
-        self.session.verify = str(instance.data / "certs" / "ca.crt")
-        self.session.headers["Accept"] = "application/json"
-        self.log = instance.base / "icinga2.out"
-        self.process: Optional[subprocess.Popen] = None
-
-    def start(self, wait: float = 30.0) -> None:
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(self.instance.argv("-x", "notice"), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"icinga2 exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                if self.session.get(f"{self.url}/status/IcingaApplication", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"icinga2's API did not answer within {wait}s:\n{self.output()}")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)  # the daemon, its spawn helper and any running check
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=15)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-6000:]
-
-    def api(self, method: str, path: str, **kwargs) -> dict:
-        response = self.session.request(method, f"{self.url}/{path}", timeout=30, **kwargs)
-        assert response.status_code == 200, f"{method} {path}: {response.status_code} {response.text}"
-        return response.json()
-
-    def service(self, name: str, attrs: List[str]) -> dict:
-        found = self.api("GET", f"objects/services/{name}", params={"attrs": attrs})["results"]
-        return found[0]["attrs"]
-
-    def force_check(self, name: str, wait: float = 45.0) -> dict:
-        """Reschedule the service now, forced, and return its next check result once Icinga has processed it."""
-        previous = self.service(name, ["last_check_result"])["last_check_result"]
-        asked = time.time()
-        self.api("POST", "actions/reschedule-check", params={"service": name}, json={"force": True})
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            result = self.service(name, ["last_check_result"])["last_check_result"]
-            if result and result["schedule_start"] >= asked and result != previous:
-                return result
-            time.sleep(0.2)
-        raise AssertionError(f"no check result for {name} within {wait}s:\n{self.output()}")
-
-    def evaluate(self, script: str):
-        answer = self.api("POST", "console/execute-script", json={"command": script, "session": "pytest"})
-        result = answer["results"][0]
-        assert result["code"] == 200, result
-        return result["result"]
-
 
 E2E_SERVICE = "registry!registry-deep"
 
@@ -442,7 +210,7 @@ def icinga(damaged, lab) -> Iterator[RunningIcinga]:
         pytest.skip("icinga2 is not installed (tools/debian-packages.txt)")
     base = private_dir("icinga-e2e-")
     instance = Instance(base)
-    make_certificates(instance.data / "certs", instance.node)
+    instance.sign(instance)
     port = free_port()
     password = os.urandom(12).hex()
     refs = lab.images.refs()
@@ -486,7 +254,6 @@ object Service "registry-deep" {{
 	vars.registry_deep_verbose = 1
 }}
 """)
-    give_to_daemon_user(base)
     running = RunningIcinga(instance, port, password)
     try:
         running.start()

@@ -16,9 +16,10 @@ from check_registry_deep.auth import (
     parse_challenge,
     scope_for,
 )
-from check_registry_deep.client import RegistryClient, RetryPolicy
+from check_registry_deep.client import RegistryClient
 from check_registry_deep.deadline import Deadline
 from check_registry_deep.errors import AuthError, RedirectError, UsageError
+from check_registry_deep.retry import RetryPolicy
 
 REGISTRY = "https://127.0.0.1:5000"
 REALM = "https://127.0.0.1:5001/token"

@@ -9,6 +9,7 @@ import nagiosplugin
 import pytest
 
 from check_registry_deep import check
+from check_registry_deep.blobs import FOREIGN_SKIPPED
 from check_registry_deep.errors import (
     BlobUnknown,
     DeadlineExceeded,
@@ -19,9 +20,8 @@ from check_registry_deep.errors import (
     UnsupportedDigest,
 )
 from check_registry_deep.manifests import LAYER, Descriptor
-from check_registry_deep.model import SKIPPED, ContentResult, ScanResult, Target, TargetResult
+from check_registry_deep.model import Finding, Kind, Mode, ScanResult, Target, TargetResult
 from check_registry_deep.reference import Digest, ImageRef, Platform
-from check_registry_deep.scan import FOREIGN_SKIPPED
 
 REGISTRY = "http://127.0.0.1:5000"
 APP = ImageRef.parse("team/app:1")
@@ -32,13 +32,13 @@ D = [Digest.of(f"blob {i}".encode()) for i in range(10)]
 PERF = "blobs=3;;;0 bytes=1200000B;;;0 failed={failed};;;0 images=2;;;0 retries={retries};;;0 time=0.5s;;;0"
 
 GOOD = (
-    ContentResult(str(D[0]), "layer", (T_APP,), size=1_000_000, bytes_read=1_000_000, repository="team/app"),
-    ContentResult(str(D[1]), "layer", (T_APP, T_DB), size=150_000, bytes_read=150_000, repository="team/app"),
-    ContentResult(str(D[2]), "config", (T_DB,), size=50_000, bytes_read=50_000, repository="team/db"),
+    Finding(str(D[0]), Kind.LAYER, (T_APP,), size=1_000_000, bytes_read=1_000_000, repository="team/app"),
+    Finding(str(D[1]), Kind.LAYER, (T_APP, T_DB), size=150_000, bytes_read=150_000, repository="team/app"),
+    Finding(str(D[2]), Kind.CONFIG, (T_DB,), size=50_000, bytes_read=50_000, repository="team/db"),
 )
 
 
-def scan_of(*extra: ContentResult, interrupted: Optional[DeadlineExceeded] = None, retries: int = 0,
+def scan_of(*extra: Finding, interrupted: Optional[DeadlineExceeded] = None, retries: int = 0,
             images: Sequence[ImageRef] = (APP, DB), elapsed: float = 0.5, targets=()) -> ScanResult:
     return ScanResult(tuple(images), tuple(targets), GOOD + extra, elapsed, retries, interrupted)
 
@@ -50,8 +50,8 @@ def run(scan: ScanResult, **options) -> tuple:
     return output, plugin.exitcode, plugin.state
 
 
-def broken(digest: Digest, error, *affected: Target, kind: str = LAYER) -> ContentResult:
-    return ContentResult(str(digest), kind, affected, error=error, size=100, repository="team/app")
+def broken(digest: Digest, error, *affected: Target, kind: Kind = LAYER) -> Finding:
+    return Finding(str(digest), kind, affected, error=error, size=100, repository="team/app")
 
 
 # -- OK --------------------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ def test_ok_singular_and_retries_perfdata():
 
 
 def test_ok_with_foreign_layer_note():
-    foreign = ContentResult(str(D[3]), "layer", (T_DB,), notes=(FOREIGN_SKIPPED,), size=7, mode=SKIPPED)
+    foreign = Finding(str(D[3]), Kind.LAYER, (T_DB,), notes=(FOREIGN_SKIPPED,), size=7, mode=Mode.SKIPPED)
     output, code, _ = run(scan_of(foreign))
     lines = output.splitlines()
     assert lines[0].startswith("REGISTRY_DEEP OK - 2 images, 3 blobs, 1.2 MB verified in 0.5s, "
@@ -109,7 +109,7 @@ def test_critical_truncated_blob_with_blast_radius():
 def test_critical_lists_every_broken_blob_and_counts_images():
     scan = scan_of(broken(D[5], DigestMismatch(f"digest mismatch: got {D[9]}"), T_APP),
                    broken(D[6], BlobUnknown("404 BLOB_UNKNOWN", 404, "BLOB_UNKNOWN"), T_APP),
-                   broken(D[7], BlobUnknown("404 BLOB_UNKNOWN", 404, "BLOB_UNKNOWN"), T_APP, kind="config"))
+                   broken(D[7], BlobUnknown("404 BLOB_UNKNOWN", 404, "BLOB_UNKNOWN"), T_APP, kind=Kind.CONFIG))
     output, code, _ = run(scan)
     lines = output.splitlines()
     assert lines[0].startswith(f"REGISTRY_DEEP CRITICAL - 3 broken blobs, breaking 1 of 2 images: layer "
@@ -122,7 +122,7 @@ def test_critical_lists_every_broken_blob_and_counts_images():
 
 
 def test_critical_registry_unreachable():
-    finding = ContentResult(REGISTRY, "registry", (T_APP, T_DB),
+    finding = Finding(REGISTRY, Kind.REGISTRY, (T_APP, T_DB),
                             error=TransportError(f"{REGISTRY} unreachable: connection refused"))
     output, code, _ = run(scan_of(finding))
     lines = output.splitlines()
@@ -147,7 +147,7 @@ def test_critical_beats_unknown():
 # -- WARNING ---------------------------------------------------------------------------------------------
 
 def test_warning_for_caveats():
-    caveat = ContentResult(str(D[5]), "layer", (T_APP,), caveats=("verified only after 1 retry",), size=100,
+    caveat = Finding(str(D[5]), Kind.LAYER, (T_APP,), caveats=("verified only after 1 retry",), size=100,
                            bytes_read=100)
     output, code, state = run(scan_of(caveat, retries=1))
     lines = output.splitlines()
@@ -160,7 +160,7 @@ def test_warning_for_caveats():
 
 
 def test_critical_beats_warning():
-    caveat = ContentResult(str(D[5]), "layer", (T_APP,), caveats=("verified only after 1 retry",))
+    caveat = Finding(str(D[5]), Kind.LAYER, (T_APP,), caveats=("verified only after 1 retry",))
     output, code, _ = run(scan_of(caveat, broken(D[6], SizeMismatch("truncated: got 5 of 100 bytes"), T_DB)))
     assert output.startswith("REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 1 of 2 images: ")
     assert "1 warning: " in output.splitlines()[0]
@@ -194,7 +194,7 @@ def test_unknown_for_unsupported_digest():
 
 
 def test_unknown_for_internal_error():
-    finding = ContentResult("manifest of team/app:1", "internal", (),
+    finding = Finding("manifest of team/app:1", Kind.INTERNAL, (),
                             error=InternalError("internal error while checking x: KeyError: 'a'"))
     output, code, _ = run(scan_of(finding))
     assert output.splitlines()[0].startswith("REGISTRY_DEEP UNKNOWN - 1 problem: internal error while checking x: "
@@ -259,7 +259,7 @@ def test_verbose_lines_per_image():
     blob = Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", D[0], 1_000_000, LAYER)
     config = Descriptor("application/vnd.oci.image.config.v1+json", D[4], 100, "config")
     targets = (TargetResult(T_APP, D[8], (blob,)), TargetResult(T_DB, D[9], (config, blob), artifact=True))
-    scan = scan_of(broken(D[4], SizeMismatch("truncated: got 5 of 100 bytes"), T_DB, kind="config"), targets=targets)
+    scan = scan_of(broken(D[4], SizeMismatch("truncated: got 5 of 100 bytes"), T_DB, kind=Kind.CONFIG), targets=targets)
     output, _, _ = run(scan, verbose=1)
     lines = output.splitlines()
     assert f"image team/app:1: manifest {D[8].short()}…, 1 blobs, 1.0 MB: OK" in lines

@@ -8,7 +8,7 @@ from typing import Iterator, List
 import pytest
 
 from check_registry_deep import __version__, cli
-from check_registry_deep import run as run_module
+from check_registry_deep import app as app_module
 from check_registry_deep.errors import UsageError
 from check_registry_deep.reference import ImageRef, Platform
 
@@ -27,14 +27,14 @@ def keep_logging() -> Iterator[None]:
 
 @pytest.fixture
 def fake_run(monkeypatch) -> List[dict]:
-    """Replaces the real run (network) by a recorder; main() imports run_check from check_registry_deep.run."""
+    """Replaces the real run (network) by a recorder; main() imports run_check from check_registry_deep.app."""
     calls: List[dict] = []
 
-    def run_check(images, **options):
-        calls.append({"images": images, **options})
+    def run_check(options):
+        calls.append({**vars(options), "images": list(options.images), "platforms": list(options.platforms)})
         return "REGISTRY_DEEP OK - fake\n", 0
 
-    monkeypatch.setattr(run_module, "run_check", run_check)
+    monkeypatch.setattr(app_module, "run_check", run_check)
     return calls
 
 
@@ -225,10 +225,10 @@ def test_main_hands_parsed_options_to_run_check(capsys, tmp_path, fake_run):
 
 
 def test_main_internal_error_is_one_line(capsys, monkeypatch):
-    def explode(images, **options):
+    def explode(options):
         raise RuntimeError("boom | bang")
 
-    monkeypatch.setattr(run_module, "run_check", explode)
+    monkeypatch.setattr(app_module, "run_check", explode)
     code = cli.main(["-R", REGISTRY, "-i", "team/app"])
     out = capsys.readouterr().out
     assert code == 3
@@ -236,10 +236,10 @@ def test_main_internal_error_is_one_line(capsys, monkeypatch):
 
 
 def test_main_internal_error_traceback_only_at_vvv_and_not_on_line_1(capsys, monkeypatch):
-    def explode(images, **options):
+    def explode(options):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(run_module, "run_check", explode)
+    monkeypatch.setattr(app_module, "run_check", explode)
     code = cli.main(["-R", REGISTRY, "-i", "team/app", "-vvv"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 3
@@ -249,9 +249,9 @@ def test_main_internal_error_traceback_only_at_vvv_and_not_on_line_1(capsys, mon
 
 
 def test_main_keyboard_interrupt(capsys, monkeypatch):
-    def interrupted(images, **options):
+    def interrupted(options):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_module, "run_check", interrupted)
+    monkeypatch.setattr(app_module, "run_check", interrupted)
     assert cli.main(["-R", REGISTRY, "-i", "team/app"]) == 3
     assert capsys.readouterr().out == "REGISTRY_DEEP UNKNOWN - interrupted\n"

@@ -11,8 +11,7 @@ import pytest
 import requests
 import responses
 
-from check_registry_deep import client as client_module
-from check_registry_deep.client import RegistryClient, RetryPolicy
+from check_registry_deep.client import RegistryClient
 from check_registry_deep.deadline import Deadline
 from check_registry_deep.errors import (
     AuthError,
@@ -34,6 +33,7 @@ from check_registry_deep.manifests import (
     Descriptor,
 )
 from check_registry_deep.reference import Digest
+from check_registry_deep.retry import RetryPolicy, retry_after
 from check_registry_deep.verify import verify_body
 
 BASE = "http://127.0.0.1:5000"
@@ -74,7 +74,6 @@ def test_manifest_ok(mock):
     assert fetched.body == BODY
     assert fetched.content_type == DOCKER_MANIFEST
     assert fetched.declared_digest == str(Digest.of(BODY))
-    assert fetched.url == MANIFEST_URL
 
 
 def test_manifest_without_docker_content_digest(mock):
@@ -187,7 +186,7 @@ def test_503_then_200_succeeds_with_one_retry(mock):
     mock.add(responses.GET, BLOB_URL, status=503)
     mock.add(responses.GET, BLOB_URL, body=BLOB, status=200)
     client = make_client()
-    data, retries = client.with_retries(lambda: read_blob(client), "blob")
+    data, retries = client.retrier.run(lambda: read_blob(client), "blob")
     assert data == BLOB
     assert retries == 1
     assert client.retries == 1
@@ -217,7 +216,7 @@ def test_retry_counter_is_shared_across_threads():
         return operation
 
     results = []
-    threads = [threading.Thread(target=lambda: results.append(client.with_retries(flaky_once(), "op")))
+    threads = [threading.Thread(target=lambda: results.append(client.retrier.run(flaky_once(), "op")))
                for _ in range(8)]
     for thread in threads:
         thread.start()
@@ -281,13 +280,13 @@ def test_retry_policy_wait_for():
 
 
 def test_retry_after_header_forms():
-    assert client_module._retry_after("1") == 1.0
-    assert client_module._retry_after(" 120 ") == 120.0
-    assert client_module._retry_after(None) is None
-    assert client_module._retry_after("") is None
-    assert client_module._retry_after("soon") is None
-    assert client_module._retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
-    later = client_module._retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60)))
+    assert retry_after("1") == 1.0
+    assert retry_after(" 120 ") == 120.0
+    assert retry_after(None) is None
+    assert retry_after("") is None
+    assert retry_after("soon") is None
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    later = retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60)))
     assert later is not None and 55 <= later <= 61
 
 

@@ -9,12 +9,14 @@ from typing import Iterator
 import pytest
 import responses
 
-from check_registry_deep.client import RegistryClient, RetryPolicy
+from check_registry_deep.client import RegistryClient
 from check_registry_deep.coverage import Coverage
 from check_registry_deep.deadline import Deadline
-from check_registry_deep.discovery import Discovery
+from check_registry_deep.discovery import discover
 from check_registry_deep.errors import ManifestInvalid, UsageError
+from check_registry_deep.options import DiscoveryOptions
 from check_registry_deep.reference import Digest
+from check_registry_deep.retry import RetryPolicy
 
 BASE = "http://127.0.0.1:5000"
 
@@ -42,7 +44,7 @@ def test_catalog_and_tags_follow_link_pagination_and_null_tags(mock):
     mock.add(responses.GET, f"{BASE}/v2/apps/c/tags/list", status=404,
              json={"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known to registry"}]})
     # the first page's request is n=1000 without `last`; responses matches it by path
-    found = Discovery(("apps",)).images(client())
+    found = discover(DiscoveryOptions(("apps",)), client())
     assert [str(ref) for ref in found] == ["apps/a:1", "apps/a:2", "apps/a:3"]
     assert not any("other" in call.request.url for call in mock.calls)
 
@@ -50,7 +52,7 @@ def test_catalog_and_tags_follow_link_pagination_and_null_tags(mock):
 def test_tag_pattern_matches_whole_tags(mock):
     mock.add(responses.GET, f"{BASE}/v2/_catalog", json={"repositories": ["apps/a"]})
     mock.add(responses.GET, f"{BASE}/v2/apps/a/tags/list", json={"tags": ["1.0", "1.0-rc1", "latest"]})
-    found = Discovery(("apps/a",), re.compile(r"[0-9.]+")).images(client())
+    found = discover(DiscoveryOptions(("apps/a",), re.compile(r"[0-9.]+")), client())
     assert [ref.tag for ref in found] == ["1.0"]
 
 
@@ -58,17 +60,17 @@ def test_a_link_to_another_host_is_refused(mock):
     mock.add(responses.GET, f"{BASE}/v2/_catalog", json={"repositories": []},
              headers={"Link": '<http://127.0.0.2:5000/v2/_catalog?last=x>; rel="next"'})
     with pytest.raises(ManifestInvalid, match="Link to another place refused"):
-        Discovery(("apps",)).images(client())
+        discover(DiscoveryOptions(("apps",)), client())
 
 
 def test_hostile_listing_is_invalid(mock):
     mock.add(responses.GET, f"{BASE}/v2/_catalog", json={"repositories": "apps/a"})
     with pytest.raises(ManifestInvalid, match="expected 'repositories' to be a list of names"):
-        Discovery(("apps",)).images(client())
+        discover(DiscoveryOptions(("apps",)), client())
 
 
 def test_prefix_matches_path_components_only():
-    discovery = Discovery(("apps",))
+    discovery = DiscoveryOptions(("apps",))
     assert discovery.wants("apps") and discovery.wants("apps/web")
     assert not discovery.wants("applications/web")
 

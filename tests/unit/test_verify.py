@@ -8,11 +8,10 @@ import struct
 import threading
 import time
 import zlib
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
-from check_registry_deep.client import FetchedManifest
 from check_registry_deep.deadline import Deadline
 from check_registry_deep.errors import DeadlineExceeded, DigestMismatch, ManifestInvalid, SizeMismatch
 from check_registry_deep.manifests import DOCKER_MANIFEST, LAYER, Descriptor
@@ -342,59 +341,59 @@ def test_read_limit():
 
 MANIFEST_BODY = b'{"schemaVersion": 2, "mediaType": "' + DOCKER_MANIFEST.encode() + b'", "layers": []}'
 MANIFEST_DIGEST = Digest.of(MANIFEST_BODY)
-URL = "http://127.0.0.1:5000/v2/team/app/manifests/1"
 
 
-def fetched(body: bytes = MANIFEST_BODY, declared: Optional[str] = None) -> FetchedManifest:
-    return FetchedManifest(body, DOCKER_MANIFEST, declared, URL)
+def fetched(body: bytes = MANIFEST_BODY, declared: Optional[str] = None) -> Tuple[bytes, Optional[str]]:
+    """A manifest's bytes and the Docker-Content-Digest a registry sent with them."""
+    return body, declared
 
 
 def test_manifest_by_digest_matches():
-    assert check_manifest_digest(fetched(), MANIFEST_DIGEST) == MANIFEST_DIGEST
+    assert check_manifest_digest(*fetched(), MANIFEST_DIGEST) == MANIFEST_DIGEST
 
 
 def test_manifest_by_digest_mismatch():
     other = Digest.of(b"something else")
     with pytest.raises(DigestMismatch) as caught:
-        check_manifest_digest(fetched(), other)
+        check_manifest_digest(*fetched(), other)
     assert str(caught.value) == f"requested by {other}, got bytes hashing to {MANIFEST_DIGEST}"
 
 
 def test_manifest_by_digest_ignores_a_lying_header_only_if_bytes_match():
     lying = str(Digest.of(b"lie"))
-    assert check_manifest_digest(fetched(declared=lying), MANIFEST_DIGEST) == MANIFEST_DIGEST
+    assert check_manifest_digest(*fetched(declared=lying), MANIFEST_DIGEST) == MANIFEST_DIGEST
 
 
 def test_manifest_by_sha512_digest():
     expected = Digest.of(MANIFEST_BODY, "sha512")
-    assert check_manifest_digest(fetched(), expected) == expected
+    assert check_manifest_digest(*fetched(), expected) == expected
     with pytest.raises(DigestMismatch, match="^requested by sha512:"):
-        check_manifest_digest(fetched(MANIFEST_BODY + b" "), expected)
+        check_manifest_digest(*fetched(MANIFEST_BODY + b" "), expected)
 
 
 def test_manifest_by_tag_matches_declared_digest():
-    assert check_manifest_digest(fetched(declared=str(MANIFEST_DIGEST)), None) == MANIFEST_DIGEST
+    assert check_manifest_digest(*fetched(declared=str(MANIFEST_DIGEST)), None) == MANIFEST_DIGEST
 
 
 def test_manifest_by_tag_declared_digest_mismatch():
     declared = Digest.of(b"what the registry stored")
     with pytest.raises(DigestMismatch) as caught:
-        check_manifest_digest(fetched(declared=str(declared)), None)
+        check_manifest_digest(*fetched(declared=str(declared)), None)
     assert str(caught.value) == (f"registry declares {declared} (Docker-Content-Digest), "
                                  f"bytes hash to {MANIFEST_DIGEST}")
 
 
 def test_manifest_by_tag_without_header_is_its_own_sha256():
-    assert check_manifest_digest(fetched(declared=None), None) == MANIFEST_DIGEST
-    assert check_manifest_digest(fetched(declared=""), None) == MANIFEST_DIGEST
+    assert check_manifest_digest(*fetched(declared=None), None) == MANIFEST_DIGEST
+    assert check_manifest_digest(*fetched(declared=""), None) == MANIFEST_DIGEST
 
 
 def test_manifest_by_tag_invalid_header():
     with pytest.raises(ManifestInvalid) as caught:
-        check_manifest_digest(fetched(declared="sha256:../../x"), None)
+        check_manifest_digest(*fetched(declared="sha256:../../x"), None)
     assert str(caught.value) == "invalid Docker-Content-Digest header 'sha256:../../x'"
 
 
 def test_manifest_by_tag_sha512_header():
     declared = Digest.of(MANIFEST_BODY, "sha512")
-    assert check_manifest_digest(fetched(declared=str(declared)), None) == declared
+    assert check_manifest_digest(*fetched(declared=str(declared)), None) == declared

@@ -13,43 +13,43 @@ import urllib3
 
 from .auth import load_credentials
 from .check import build_check, render
-from .cli import AccessOptions, ScaleOptions
-from .client import RegistryClient, TLSOptions
+from .client import RegistryClient
 from .coverage import Coverage
 from .deadline import Deadline
 from .errors import UsageError
 from .model import ScanResult
-from .reference import ImageRef, Platform
+from .options import AccessOptions, CheckOptions
 from .report import table, to_json
 from .scan import Scanner
+from .transport import TLSOptions
 
 
-def run_check(images: Sequence[Tuple[ImageRef, str]], *, seconds: float, timeout_state: str = "unknown",
-              workers: int = 4, platforms: Sequence[Platform] = (), warning: str = "", critical: str = "",
-              verbose: int = 0, access: AccessOptions = AccessOptions(), scale: ScaleOptions = ScaleOptions(),
-              started: Optional[float] = None) -> Tuple[str, int]:
+def run_check(options: CheckOptions) -> Tuple[str, int]:
     """Run the whole check; returns the plugin's output and exit code."""
-    for name, spec in (("--warning", warning), ("--critical", critical)):
+    access, scale = options.access, options.scale
+    for name, spec in (("--warning", options.warning), ("--critical", options.critical)):
         try:
             nagiosplugin.Range(spec)
         except ValueError as exc:
             raise UsageError(f"invalid {name} range {spec!r}: {exc}") from None
-    deadline = Deadline(seconds, started=started)
-    registries = list(dict.fromkeys([registry for _, registry in images]
+    deadline = Deadline(options.seconds, started=options.started)
+    registries = list(dict.fromkeys([registry for _, registry in options.images]
                                     + ([access.registry] if access.registry else []) + list(scale.replicas)))
-    clients = make_clients(registries, deadline, workers, access, explicit={access.registry, *scale.replicas})
+    clients = make_clients(registries, deadline, options.workers, access,
+                           explicit={access.registry, *scale.replicas})
     coverage = Coverage(scale.state_file, scale.max_bytes)
     with progress_bar(scale.progress) as progress:
-        scanner = Scanner(clients.__getitem__, deadline, workers=workers, platforms=platforms,
+        scanner = Scanner(clients.__getitem__, deadline, workers=options.workers, platforms=options.platforms,
                           discovery=(access.registry, scale.discovery) if scale.discovery and access.registry
                           else None, replicas=scale.replicas, choose_deep=coverage.choose, progress=progress)
-        check = build_check(lambda: remember(scanner.scan(images), coverage, access), warning=warning,
-                            critical=critical, timeout_state=timeout_state, verbose=verbose)
+        check = build_check(lambda: remember(scanner.scan(options.images), coverage, access),
+                            warning=options.warning, critical=options.critical, timeout_state=options.timeout_state,
+                            verbose=options.verbose)
         check()
     output = render(check)
     scan: ScanResult = check.resources[0].result
     if scale.json:
-        document = to_json(scan, check.state, check.summary_str)
+        document = to_json(scan, check.state_word, check.summary_str)
         if scale.json == "-":
             output = document
         else:
@@ -81,9 +81,9 @@ def make_clients(registries: Sequence[str], deadline: Deadline, workers: int, ac
 def remember(scan: ScanResult, coverage: Coverage, access: AccessOptions) -> ScanResult:
     """Record what was verified in the state file; add the run-wide notes and the stalest verification's age."""
     seen = [(t.target.registry, d.digest) for t in scan.targets for d in t.blobs if not d.foreign]
-    verified_subjects = {c.subject for c in scan.verified_blobs}  # once: per blob it was O(n**2)
-    verified = [(t.target.registry, d.digest) for t in scan.targets for d in t.blobs
-                if str(d.digest) in verified_subjects]
+    # keyed by (registry, digest): a blob verified in one registry says nothing of another's copy
+    verified_keys = {(t.registry, f.subject) for f in scan.verified_blobs for t in f.affected}
+    verified = [(registry, digest) for registry, digest in seen if (registry, str(digest)) in verified_keys]
     coverage.record(seen, verified)
     coverage.save()
     notes = ("TLS certificates NOT verified (--insecure)",) if access.insecure else ()

@@ -1,0 +1,81 @@
+"""Every library the package imports is declared in setup.cfg's install_requires.
+
+The Debian package's Depends come from there (dh_python3 maps each requirement to a python3-* package), so an
+import that is not declared works in a virtualenv, where it arrives with another library, and fails on a host
+where that other library stops pulling it in. Lazy imports inside functions count too.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import importlib.util
+import re
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "check_registry_deep"
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def declared() -> List[str]:
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg", encoding="utf-8")
+    lines = config["options"]["install_requires"].strip().splitlines()
+    return [_normalized(re.match(r"[A-Za-z0-9._-]+", line.strip()).group(0)) for line in lines if line.strip()]
+
+
+def imported() -> Dict[str, List[str]]:
+    """Top-level names of the absolute imports in the package (lazy ones included) -> the files importing them."""
+    names: Dict[str, List[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                names.setdefault(module.split(".")[0], []).append(str(path.relative_to(ROOT)))
+    return names
+
+
+def is_stdlib(name: str) -> bool:
+    if hasattr(sys, "stdlib_module_names"):  # 3.10+
+        return name in sys.stdlib_module_names
+    if name in sys.builtin_module_names:  # 3.9: where it is installed tells
+        return True
+    spec = importlib.util.find_spec(name)
+    origin = (spec.origin or "") if spec else ""
+    return origin.startswith(sysconfig.get_paths()["stdlib"]) and "-packages" not in origin
+
+
+def distribution_of(name: str) -> str:
+    """The distribution that provides import `name` (docker -> docker, yaml -> PyYAML): from the installed
+    metadata where Python has the map (3.10+), else the import name itself."""
+    try:
+        from importlib.metadata import packages_distributions  # noqa: PLC0415 (3.10+)
+    except ImportError:
+        return _normalized(name)
+    return _normalized(packages_distributions().get(name, [name])[0])
+
+
+def test_every_imported_library_is_declared_in_install_requires():
+    if not (ROOT / "setup.cfg").is_file():
+        pytest.skip("no setup.cfg next to the package (pybuild's build dir, which holds the modules and tests only)")
+    requirements = set(declared())
+    third_party = {name: files for name, files in imported().items()
+                   if name != PACKAGE.name and not is_stdlib(name)}
+    assert third_party, "no library import found: the scan of the package is broken"
+    undeclared = {name: sorted(set(files)) for name, files in third_party.items()
+                  if distribution_of(name) not in requirements}
+    assert not undeclared, f"imported but not in setup.cfg install_requires: {undeclared}"
