@@ -117,7 +117,7 @@ def test_cached_copy_cut_short_stalls_and_is_truncated_well_inside_the_deadline(
                                 f"{KEEP} of {GOLDEN_SIZE}"), run.first
     line = golden_line(run, lab)
     assert line.startswith(f"CRITICAL: layer {golden}: truncated: stalled at byte {KEEP} of {GOLDEN_SIZE} bytes "
-                           "(again after a Range resume) - breaks apps/api:1.0, "), line
+                           "(nothing more for 5s, 2 times) - breaks apps/api:1.0, "), line
     assert line.endswith(f"; origin {damaged.host}: intact {INTACT}"), line
     assert "UNKNOWN" not in run.stdout and "deadline" not in run.stdout
     assert cache.cache_statuses(golden) == ["MISS", "HIT", "HIT"]  # the stalled GET and its Range resume
@@ -151,3 +151,25 @@ def test_origin_verdict_is_skipped_with_a_note_when_the_time_is_not_there(plugin
         line
     assert "UNKNOWN" not in run.stdout
     assert run.seconds < 7, run.seconds
+
+
+def test_manifest_broken_at_the_origin_is_also_broken_there(plugin, cache, damaged, lab):
+    web = lab.images.images["web"]  # manifests pass through the cache: what the origin stores is what is served
+    path = damaged.blob_path(web.digest)
+    path.write_bytes(path.read_bytes().replace(b'"schemaVersion": 2', b'"schemaVersion":  2'))
+    run = plugin("-R", cache.url, "-i", "apps/web:1.0", "--origin", damaged.host)
+    assert run.code == 2, run.stdout
+    assert re.match(r"CRITICAL: manifest apps/web:1\.0: registry declares sha256:[0-9a-f]{64} "
+                    r"\(Docker-Content-Digest\), bytes hash to sha256:[0-9a-f]{64} - breaks apps/web:1\.0; "
+                    rf"origin {damaged.host}: also broken$", run.lines[1]), run.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-R", "http://127.0.0.1:1", "--origin", "no address"], "invalid --origin 'no address': expected HOST:PORT"),
+    (["-R", "http://127.0.0.1:1", "--origin", "origin.example.org"],
+     "invalid --origin 'origin.example.org': expected HOST:PORT"),
+    (["--origin", "127.0.0.1:2"], "--origin needs --registry"),
+])
+def test_bad_origin_is_one_unknown_line(plugin, args, message):
+    run = plugin("-i", "127.0.0.1:1/apps/web:1.0", *args)
+    assert run.code == 3 and run.lines == [f"REGISTRY_DEEP UNKNOWN - {message}"], run.stdout
