@@ -124,6 +124,7 @@ def cache_main() -> int:
             cache.purge(golden)
             print(f"removed {cache.cache_path(golden)}")
             repaired = run_check(cache.url, refs, "--origin", origin.host)
+            print(f"nginx's log, the golden layer: {', '.join(cache.cache_statuses(golden))}")
     show("cleaned up: nginx and the registry stopped, cache and storage removed")
     ok = healthy == 0 and broken == 2 and repaired == 0
     print("demo " + ("as expected: OK, then CRITICAL with the origin intact, then OK after the purge" if ok
