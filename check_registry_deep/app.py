@@ -12,17 +12,20 @@ import nagiosplugin
 import urllib3
 
 from .auth import load_credentials
-from .check import build_check, render
+from .check import build_check, image_verdicts, judge, render
 from .client import RegistryClient
 from .coverage import Coverage
 from .deadline import Deadline
 from .errors import UsageError
+from .metrics import Counts, ImageSample, publish
 from .model import ScanResult
 from .options import AccessOptions, CheckOptions
 from .origin import MARGIN as ORIGIN_MARGIN
 from .origin import OriginChecker
+from .reference import ImageRef
 from .report import table, to_json
 from .scan import Scanner
+from .states import CRITICAL, UNKNOWN
 from .transport import TLSOptions
 
 
@@ -60,7 +63,26 @@ def run_check(options: CheckOptions) -> Tuple[str, int]:
             write_file(scale.json, document)
     if scale.table:
         output += "\n" + table(scan)
+    if scale.metrics_file:  # last: the file records the run's final state
+        return publish(scale.metrics_file, output, check.exitcode, deadline.started, *metrics_of(scan, options.images),
+                       text=scale.json != "-")
     return output, check.exitcode
+
+
+def metrics_of(scan: ScanResult, given: Sequence[Tuple[ImageRef, str]]) -> Tuple[Tuple[ImageSample, ...], Counts]:
+    """For --metrics-file: a sample per image (and platform) given with -i/-f, from its verdict (pullable: OK or
+    WARNING; none when UNKNOWN, not judged), and counts; images found by discovery are only counted, so the
+    series stay bounded."""
+    named = {(str(ref), registry) for ref, registry in given}
+    samples = tuple(ImageSample(v.target.registry, str(v.target.image), str(v.target.platform or ""),
+                                v.state != CRITICAL)
+                    for v in image_verdicts(scan)
+                    if (str(v.target.image), v.target.registry) in named and v.state != UNKNOWN)
+    given_refs = {ref for ref, _ in given}
+    verified = scan.verified_blobs
+    broken = [f for f in scan.findings if f.kind.about_content and judge(f) == CRITICAL]
+    return samples, Counts(len(scan.images), sum(1 for ref in scan.images if ref not in given_refs), len(broken),
+                           len(verified), sum(f.bytes_read for f in verified), scan.retries, scan.oldest_verification)
 
 
 def make_clients(registries: Sequence[str], deadline: Deadline, workers: int, access: AccessOptions,

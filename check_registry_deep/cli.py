@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import List, Optional, Pattern, Sequence, Tuple
+from typing import Callable, List, Optional, Pattern, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from . import __version__
@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         "verify the least recently verified first; perfdata 'oldest' is the stalest verification's age")
     add("--json", metavar="FILE", help="write the full result as JSON to FILE (- for stdout, instead of the "
         "plugin's text)")
+    add("--metrics-file", metavar="FILE", help="after every run, write Prometheus metrics to FILE (NAME.prom in "
+        "node_exporter's textfile directory; NAME becomes the label check), atomically; the output stays the same")
     add("-v", "--verbose", action="count", default=0,
         help="more output, repeatable: -v a line per image, -vv progress on stderr, -vvv debug on stderr")
     add("-V", "--version", action="version", version=f"check_registry_deep {__version__}")
@@ -211,9 +213,11 @@ def _configure_logging(verbose: int) -> None:
 class _Watchdog:
     """Prints a status line and exits if the run overstays its deadline, whatever it is blocked on."""
 
-    def __init__(self, left: float, seconds: float, state: str):
+    def __init__(self, left: float, seconds: float, state: str,
+                 publish: Callable[[str, int], Tuple[str, int]] = lambda output, code: (output, code)):
         self.lock = threading.Lock()
         self.done = False
+        self.publish = publish  # --metrics-file: written before the line, which may then say it failed
         self.timer = threading.Timer(max(0.0, left) + WATCHDOG_GRACE, self._fire, args=(seconds, state))
         self.timer.daemon = True
 
@@ -222,10 +226,11 @@ class _Watchdog:
             if self.done:
                 return
             self.done = True
-            sys.stdout.write(status_line(state, f"deadline of {seconds:g}s passed and the run did not wind down")
-                             + "\n")
+            output, code = self.publish(status_line(state, f"deadline of {seconds:g}s passed and the run did not "
+                                                           f"wind down") + "\n", EXIT_CODES[state])
+            sys.stdout.write(output)
             sys.stdout.flush()
-            os._exit(EXIT_CODES[state])
+            os._exit(code)
 
     def finish(self, output: str) -> None:
         with self.lock:
@@ -241,8 +246,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.monotonic()  # -t counts from here, imports included
     verbose = 0
     watchdog = None
+    metrics_file: Optional[str] = None
     try:
-        options = build_parser().parse_args(argv)
+        try:
+            options = build_parser().parse_args(argv)
+        except UsageError:
+            metrics_file = lenient_metrics_file(argv)
+            raise
+        metrics_file = options.metrics_file
+        if metrics_file:  # prometheus_client (some 50 ms) only for --metrics-file, and before the watchdog needs it
+            from .metrics import load  # noqa: PLC0415
+            load()
         verbose = options.verbose
         _configure_logging(verbose)
         seconds, timeout_state = parse_timeout(options.timeout)
@@ -254,33 +268,54 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         discovery = discovery_options(options)
         images = plan_images(options.registry, texts, allow_none=discovery is not None)
         platforms = [Platform.parse(p) for p in options.platform]
-        watchdog = _Watchdog(seconds - (time.monotonic() - started), seconds, timeout_state)
+        watchdog = _Watchdog(seconds - (time.monotonic() - started), seconds, timeout_state,
+                             lambda output, code: publish(metrics_file, output, code, started))
         watchdog.timer.start()
         from .app import run_check  # deferred: requests, tenacity and nagiosplugin cost time at start-up
         access = access_options(options)
         interactive = sys.stdout.isatty() and sys.stderr.isatty()  # a person at a terminal; never Icinga
         scale = ScaleOptions(discovery, tuple(normalize_registry(url) for url in options.compare_registry),
-                             parse_bytes(options.max_bytes), options.state_file, options.json,
+                             parse_bytes(options.max_bytes), options.state_file, options.json, metrics_file,
                              progress=interactive, table=interactive and options.json != "-")
         output, exitcode = run_check(CheckOptions(
             tuple(images), seconds=seconds, timeout_state=timeout_state, workers=options.workers,
             platforms=tuple(platforms), warning=options.warning, critical=options.critical, verbose=verbose,
             access=access, scale=scale, started=started))
     except UsageError as exc:  # user input may hold a |, which Nagios would read as the start of perfdata
-        output, exitcode = status_line(UNKNOWN, str(exc)).replace("|", "/") + "\n", EXIT_CODES[UNKNOWN]
+        output, exitcode = publish(metrics_file, status_line(UNKNOWN, str(exc)).replace("|", "/") + "\n",
+                                   EXIT_CODES[UNKNOWN], started)
     except KeyboardInterrupt:
-        output, exitcode = status_line(UNKNOWN, "interrupted") + "\n", EXIT_CODES[UNKNOWN]
+        output, exitcode = publish(metrics_file, status_line(UNKNOWN, "interrupted") + "\n", EXIT_CODES[UNKNOWN],
+                                   started)
     except Exception as exc:  # the last line of defence: one line, and a traceback only at -vvv
         output = status_line(UNKNOWN, f"internal error: {type(exc).__name__}: {exc}").replace("|", "/") + "\n"
         if verbose >= 3:
             output += traceback.format_exc().replace("|", "/")
-        exitcode = EXIT_CODES[UNKNOWN]
+        output, exitcode = publish(metrics_file, output, EXIT_CODES[UNKNOWN], started)
     if watchdog is not None:
         watchdog.finish(output)
     else:
         sys.stdout.write(output)
         sys.stdout.flush()
     return exitcode
+
+
+def lenient_metrics_file(argv: Optional[Sequence[str]]) -> Optional[str]:
+    """--metrics-file of a command line the full parser refused: a usage error still reaches Prometheus."""
+    parser = _Parser(add_help=False)
+    parser.add_argument("--metrics-file")
+    try:
+        return parser.parse_known_args(argv)[0].metrics_file
+    except UsageError:
+        return None
+
+
+def publish(path: Optional[str], output: str, exitcode: int, started: float) -> Tuple[str, int]:
+    """After a run that never got to app.py: metrics.publish, imported only for --metrics-file."""
+    if not path:
+        return output, exitcode
+    from .metrics import publish as write  # noqa: PLC0415
+    return write(path, output, exitcode, started)
 
 
 def run() -> None:

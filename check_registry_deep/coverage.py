@@ -10,11 +10,10 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
-import tempfile
 import time
 from typing import Dict, Iterable, Optional, Set, Tuple
 
+from .atomic import replace_file
 from .errors import UsageError
 from .reference import Digest
 
@@ -92,7 +91,6 @@ class Coverage:
         """Merge with what overlapping runs wrote meanwhile (newest verification wins), then replace atomically."""
         if not self.state_file:
             return
-        directory = os.path.dirname(os.path.abspath(self.state_file))
         with open(self.state_file + ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             on_disk = self._read()
@@ -105,13 +103,5 @@ class Coverage:
             horizon = self.clock() - FORGET_AFTER
             blobs = {k: v for k, v in self.entries.items()
                      if max(v.get("verified") or 0, v.get("first_seen") or 0) >= horizon}
-            fd, temporary = tempfile.mkstemp(prefix=".state-", dir=directory)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    json.dump({"version": STATE_VERSION, "blobs": blobs}, handle, indent=1, sort_keys=True)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temporary, self.state_file)
-            except BaseException:
-                os.unlink(temporary)
-                raise
+            data = json.dumps({"version": STATE_VERSION, "blobs": blobs}, indent=1, sort_keys=True)
+            replace_file(self.state_file, data.encode())

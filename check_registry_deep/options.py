@@ -48,6 +48,7 @@ class ScaleOptions:
     max_bytes: Optional[int] = None
     state_file: Optional[str] = None
     json: Optional[str] = None
+    metrics_file: Optional[str] = None  # Prometheus text format for node_exporter's textfile collector
     progress: bool = False
     table: bool = False
 

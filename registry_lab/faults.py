@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import AbstractSet, Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
 from urllib.parse import urlsplit
 
-from .secure import _Server
+from .secure import LoopbackServer
 
 #: Headers that belong to one connection, not to the message: never forwarded.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -125,7 +125,7 @@ class Rule:
         return True
 
 
-class FaultProxy(_Server):
+class FaultProxy(LoopbackServer):
     """A pass-through proxy to `upstream_url` (a real registry) that applies the faults its rules select."""
 
     def __init__(self, upstream_url: str, *, tls: Optional[Tuple[Path, Path]] = None):

@@ -61,7 +61,7 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-class _Server:
+class LoopbackServer:
     """A threaded HTTP server on `host` (127.0.0.1; 127.0.0.2 is another loopback host on Linux) with a handler
     function; records every request's method, path and headers, whatever the method (so a test can prove that
     only GET and HEAD arrived). With `tls` (a certificate and key, e.g. from CertificateAuthority.issue) it
@@ -118,7 +118,7 @@ def _reply(handler: BaseHTTPRequestHandler, status: int, body: bytes = b"", head
         handler.wfile.write(body)
 
 
-class TokenIssuer(_Server):
+class TokenIssuer(LoopbackServer):
     """A token service per the Docker token spec: Basic credentials in, an RS256 JWT out (signed by openssl).
 
     `tls`, `host` and `client_ca` as for every server here: over https on another host, as real deployments
@@ -174,7 +174,7 @@ class TokenIssuer(_Server):
                {"Content-Type": "application/json"})
 
 
-class BlobStore(_Server):
+class BlobStore(LoopbackServer):
     """A storage backend on another port: serves blobs a registry redirected to, records the headers it got."""
 
     def __init__(self, registry_storage_blob_path):
@@ -191,7 +191,7 @@ class BlobStore(_Server):
         _reply(handler, 200, data, {"Content-Type": "application/octet-stream"})
 
 
-class RedirectingFront(_Server):
+class RedirectingFront(LoopbackServer):
     """In front of a real registry: passes everything through, but answers blob GETs with a 307 to `backend`,
     as registries on S3 or Swift do. `redirect` can be changed by a test (a loop, a downgrade)."""
 

@@ -63,7 +63,7 @@ def test_plugin_is_installed_by_the_package_with_debians_python():
 
 
 def test_modules_and_libraries_come_from_debian():
-    code = ("import check_registry_deep, check_registry_deep.run, requests, nagiosplugin, tenacity\n"
+    code = ("import check_registry_deep, check_registry_deep.app, requests, nagiosplugin, tenacity\n"
             "for m in (check_registry_deep, requests, nagiosplugin, tenacity): print(m.__file__)")
     done = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True, env=clean_env(),
                           cwd="/", check=True)
@@ -131,3 +131,37 @@ def test_installed_plugin_bad_arguments_are_one_unknown_line():
     assert run.code == 3
     assert run.first.startswith("REGISTRY_DEEP UNKNOWN - ") and len(run.lines) == 1, run.stdout
     assert "Traceback" not in run.stdout + run.stderr
+
+
+EXAMPLES = Path(f"/usr/share/doc/{PACKAGE}/examples")
+
+
+def test_prometheus_rules_and_systemd_units_are_examples_and_prometheus_client_a_dependency():
+    for name in ("registry-deep.rules.yml", "check-registry-deep-metrics.service",
+                 "check-registry-deep-metrics.timer"):
+        assert dpkg_owner(EXAMPLES / name) == PACKAGE
+    depends = subprocess.run(["dpkg-query", "-W", "-f", "${Depends}", PACKAGE], capture_output=True, text=True,
+                             check=True).stdout
+    assert "python3-prometheus-client" in depends  # from setup.cfg's install_requires, by dh_python3
+
+
+@pytest.mark.skipif(not Path("/usr/bin/systemd-analyze").exists(), reason="systemd-analyze is not installed")
+def test_the_installed_systemd_example_verifies_with_the_installed_plugin():
+    units = [str(EXAMPLES / f"check-registry-deep-metrics.{kind}") for kind in ("service", "timer")]
+    done = subprocess.run(["systemd-analyze", "verify", "--man=no", *units], capture_output=True, text=True,
+                          env=clean_env())
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+def test_installed_plugin_writes_metrics_with_debians_prometheus_client(damaged, lab, tmp_path):
+    prom = tmp_path / "registry-deep.prom"
+    args = ["-R", damaged.url, *image_args(lab.images.refs("golden", "sbom")), "--metrics-file", str(prom)]
+    assert installed(*args).code == 0
+    damaged.truncate_blob(lab.images.golden.digest, 4096)
+    run = installed(*args)
+    assert run.code == 2
+    assert run.first.startswith("REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 1 of 2 images: "), run.first
+    text = prom.read_text()
+    assert 'registry_deep_state{check="registry-deep"} 2.0' in text
+    labels = f'check="registry-deep",image="base/golden:1",platform="",registry="{damaged.url}"'
+    assert f"registry_deep_image_ok{{{labels}}} 0.0" in text

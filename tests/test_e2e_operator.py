@@ -136,7 +136,7 @@ def test_state_file_survives_overlapping_runs(plugin, pristine, lab, tmp_path):
     assert [r.code for r in runs] == [0, 0, 0, 0]
     entries = state_of(state)
     assert len(entries) == 22
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".state-")]  # no temporary file left behind
+    assert sorted(os.listdir(tmp_path)) == ["state.json", "state.json.lock"]  # no temporary file left behind
 
 
 def test_usage_errors_of_the_new_options(plugin, pristine):

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Dict, Iterator, List
 
 import pytest
-from test_icinga import plugin_wrapper
+
+from registry_lab.icinga import plugin_wrapper
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ROOT / "nagios" / "check_registry_deep.cfg"

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "check_registry_deep"
 GATHERING = {"transport", "retry", "auth", "client", "manifests", "resolve", "transfer", "verify", "blobs",
              "replicas", "discovery", "coverage", "pool", "scan"}
 #: Judging and presenting: knows findings and states, nothing of HTTP.
-JUDGING = {"check", "report"}
+JUDGING = {"check", "report", "metrics"}
 
 
 def _runtime_imports(tree: ast.AST) -> List[ast.stmt]:
