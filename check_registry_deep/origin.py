@@ -13,12 +13,11 @@ import threading
 from typing import Optional
 
 from .client import RegistryClient
-from .errors import CheckError, DeadlineExceeded, RegistryError
+from .errors import CheckError, DeadlineExceeded, RegistryError, UnsupportedDigest
 from .manifests import Descriptor
 from .model import Finding, OriginCheck
 from .reference import Digest
 from .resolve import Resolver
-from .states import CRITICAL
 from .transfer import BlobTransfer, stall_timeout
 
 #: Seconds the run keeps for itself after the origin's deadline: to gather, judge and print.
@@ -28,9 +27,10 @@ NO_BYTES = "--max-bytes spent"
 
 
 def worth_asking(finding: Finding) -> bool:
-    """A blob or manifest whose pull fails through --registry: the origin may tell where it broke."""
+    """A blob or manifest that the registry does not serve as it should (not one we cannot judge): the origin
+    may tell where it broke."""
     return (finding.kind.about_content and isinstance(finding.error, RegistryError)
-            and finding.error.state == CRITICAL)
+            and not isinstance(finding.error, UnsupportedDigest))
 
 
 class OriginChecker:

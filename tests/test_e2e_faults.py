@@ -245,17 +245,17 @@ def test_stall_mid_body_once_is_cut_by_the_stall_timeout_and_resumed(plugin, pro
     run = plugin("-R", proxy.url, "-i", "big/blob:1", "-t", "5")  # stall timeout: 2 s
     assert run.code == 1, run.stdout
     assert "resumed with Range after the connection broke at byte 262144 of " in run.stdout, run.stdout
-    assert 2 <= run.seconds < 4, run.seconds
+    assert 2 <= run.seconds < 5, run.seconds  # the stall timeout, not the deadline
 
 
-@pytest.mark.parametrize("timeout, code, word", [("3", 3, "UNKNOWN"), ("3:critical", 2, "CRITICAL")])
+@pytest.mark.parametrize("timeout, code, word", [("4", 3, "UNKNOWN"), ("4:critical", 2, "CRITICAL")])
 def test_stall_mid_body_every_time_but_moving_on_ends_at_the_deadline(plugin, proxy, registry, timeout, code, word):
     # 256 KiB, a stall of 2 s, resumed: 256 KiB more, a stall again... each time further: only -t ends it
     proxy.add(blob_path("big/blob", registry.big), StallAfter(256 << 10), times=None)
     run = plugin("-R", proxy.url, "-i", "big/blob:1", "-t", timeout)
     assert run.code == code, run.stdout
-    assert run.first.startswith(f"REGISTRY_DEEP {word} - deadline of 3s passed while verifying blobs"), run.first
-    assert_readable(run, 3)
+    assert run.first.startswith(f"REGISTRY_DEEP {word} - deadline of 4s passed while verifying blobs"), run.first
+    assert_readable(run, 4)
 
 
 def test_slow_but_moving_transfer_is_never_cut_by_the_stall_timeout(plugin, proxy, registry):

@@ -16,6 +16,7 @@ from check_registry_deep.errors import (
     ManifestInvalid,
     TLSError,
     Truncated,
+    UnsupportedDigest,
 )
 from check_registry_deep.model import Finding, Kind, OriginCheck, ScanResult, Target
 from check_registry_deep.origin import NO_BYTES, NO_TIME, OriginChecker, worth_asking
@@ -72,6 +73,7 @@ def test_only_content_that_fails_is_worth_asking():
     assert not worth_asking(Finding(REGISTRY, Kind.REGISTRY, target, error=TLSError("x")))  # not content
     assert not worth_asking(Finding(str(D[0]), Kind.LAYER, target, error=DeadlineExceeded("x")))
     assert not worth_asking(Finding("job", Kind.INTERNAL, (), error=InternalError("x")))
+    assert not worth_asking(Finding(str(D[0]), Kind.LAYER, target, error=UnsupportedDigest("md5")))  # not judged
 
 
 class Unused:
