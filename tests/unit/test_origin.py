@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
 
-from check_registry_deep import check
+from check_registry_deep import check, report
 from check_registry_deep.deadline import Deadline
 from check_registry_deep.errors import (
     BlobUnknown,
@@ -62,6 +63,13 @@ def test_summary_says_cache_only_only_when_every_failure_is():
         expected = "REGISTRY_DEEP CRITICAL - 2 broken blobs, breaking 2 of 2 images" + (
             f", all cache-only (origin {ORIGIN} intact): " if cache_only else ": ")
         assert first.startswith(expected), first
+
+
+def test_json_carries_the_origin_verdict_and_the_line():
+    scan = ScanResult((APP,), (), (failure(0, OriginCheck(ORIGIN)),), 1.0, 0)
+    document = json.loads(report.to_json(scan, "critical", "summary"))
+    assert document["content"][0]["origin"] == f"origin {ORIGIN}: intact (the cache in front serves bad bytes)"
+    assert document["broken"][0]["line"].endswith(f"; origin {ORIGIN}: intact (the cache in front serves bad bytes)")
 
 
 def test_only_content_that_fails_is_worth_asking():
