@@ -244,8 +244,9 @@ class ScanSummary(nagiosplugin.Summary):
 
     @staticmethod
     def _image_lines(scan: ScanResult) -> List[str]:
+        """A line per image and platform, in the order of their names (not the order their manifests came in)."""
         lines = []
-        for verdict in image_verdicts(scan):
+        for verdict in sorted(image_verdicts(scan), key=lambda v: (str(v.target.image), str(v.target.platform or ""))):
             word, result = IMAGE_WORDS[verdict.state], verdict.resolved
             if result is None:
                 lines.append(f"image {verdict.target}: not resolved: {word}")
