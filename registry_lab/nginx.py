@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 
 import requests
 
-from .registry import LocalRegistry, free_port
+from .registry import LocalRegistry, free_port, stop_process
 
 NGINX_BINARY = os.environ.get("NGINX_BINARY", "/usr/sbin/nginx")
 #: What each request's access-log line carries; `cache` is nginx's $upstream_cache_status (HIT, MISS, ...).
@@ -137,18 +137,8 @@ class CachingProxy:
         raise NginxError(f"nginx did not answer on {self.url} within {wait}s: {self.log_tail()}")
 
     def stop(self) -> None:
-        """SIGQUIT: a graceful stop of master and worker; SIGTERM and SIGKILL for the master if it lingers."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.terminate()
-                try:
-                    self.process.wait(3)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
+        """SIGQUIT: a graceful stop of master and worker; SIGKILL for the master if it lingers."""
+        stop_process(self.process, first=signal.SIGQUIT)
         self.process = None
 
     def __enter__(self) -> CachingProxy:
