@@ -20,6 +20,8 @@ from .errors import UsageError
 from .metrics import Counts, ImageSample, publish
 from .model import ScanResult
 from .options import AccessOptions, CheckOptions
+from .origin import MARGIN as ORIGIN_MARGIN
+from .origin import OriginChecker
 from .reference import ImageRef
 from .report import table, to_json
 from .scan import Scanner
@@ -41,10 +43,12 @@ def run_check(options: CheckOptions) -> Tuple[str, int]:
     clients = make_clients(registries, deadline, options.workers, access,
                            explicit={access.registry, *scale.replicas})
     coverage = Coverage(scale.state_file, scale.max_bytes)
+    origin = origin_checker(options, deadline)
     with progress_bar(scale.progress) as progress:
         scanner = Scanner(clients.__getitem__, deadline, workers=options.workers, platforms=options.platforms,
                           discovery=(access.registry, scale.discovery) if scale.discovery and access.registry
-                          else None, replicas=scale.replicas, choose_deep=coverage.choose, progress=progress)
+                          else None, replicas=scale.replicas, choose_deep=coverage.choose, origin=origin,
+                          progress=progress)
         check = build_check(lambda: remember(scanner.scan(options.images), coverage, access),
                             warning=options.warning, critical=options.critical, timeout_state=options.timeout_state,
                             verbose=options.verbose)
@@ -98,6 +102,18 @@ def make_clients(registries: Sequence[str], deadline: Deadline, workers: int, ac
         clients[registry] = RegistryClient(registry, deadline, workers=workers, tls=tls, credentials=credentials,
                                            connect_to=access.connect_to if registry == access.registry else None)
     return clients
+
+
+def origin_checker(options: CheckOptions, deadline: Deadline) -> Optional[OriginChecker]:
+    """With --origin: --registry's client once more, connected to the origin like --connect-to, under a deadline
+    that ends a little before the run's."""
+    access = options.access
+    if not (access.origin and access.registry):
+        return None
+    within = Deadline(max(0.0, options.seconds - ORIGIN_MARGIN), started=deadline.started)
+    client = make_clients([access.registry], within, options.workers,
+                          dataclasses.replace(access, connect_to=access.origin), explicit={access.registry})
+    return OriginChecker(access.registry, access.origin, client[access.registry], options.scale.max_bytes)
 
 
 def remember(scan: ScanResult, coverage: Coverage, access: AccessOptions) -> ScanResult:

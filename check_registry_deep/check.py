@@ -14,7 +14,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import nagiosplugin
 
-from .model import Finding, Kind, Mode, ScanResult, Target, TargetResult
+from .errors import IntegrityError, ManifestInvalid, NotFound
+from .model import Finding, Kind, Mode, OriginCheck, ScanResult, Target, TargetResult
 from .states import CRITICAL, EXIT_CODES, NAME, OK, SEVERITY, UNKNOWN, WARNING, status_line, worst
 
 MAX_OUTPUT = 8000  # Nagios cuts plugin output at 8 KiB
@@ -139,7 +140,32 @@ def describe(finding: Finding) -> str:
         more = len(images) - len(shown)
         verb = "breaks" if finding.error is not None else "affects" if finding.caveats else "in"
         text += f" - {verb} " + ", ".join(shown) + (f" … and {more} more" if more else "")
+    if finding.origin is not None and finding.error is not None:
+        text += f"; {origin_verdict(finding.origin)}"
     return text
+
+
+#: What the origin's own failure says about the storage: it served the content wrong, or does not have it.
+BROKEN_AT_ORIGIN = (IntegrityError, NotFound, ManifestInvalid)
+
+
+def origin_verdict(origin: OriginCheck) -> str:
+    """With --origin, the end of a failure's line: is the storage broken, or only the cache in front of it?
+    Either way the finding stays CRITICAL (pulls through the cache fail)."""
+    where = f"origin {origin.address}"
+    if origin.skipped:
+        return f"{where}: not verified ({origin.skipped})"
+    if origin.error is None:
+        return f"{where}: intact (the cache in front serves bad bytes)"
+    if isinstance(origin.error, BROKEN_AT_ORIGIN):
+        return f"{where}: also broken"
+    return f"{where}: not verified ({origin.error})"
+
+
+def cache_only(finding: Finding) -> Optional[str]:
+    """The origin's address when it does not have this failure (only the cache in front serves it), else None."""
+    origin = finding.origin
+    return origin.address if origin is not None and not origin.skipped and origin.error is None else None
 
 
 class ScanSummary(nagiosplugin.Summary):
@@ -187,6 +213,9 @@ class ScanSummary(nagiosplugin.Summary):
             head = _broken_head([r.metric.value for r in broken])
             if images:
                 head += f", breaking {len(images)} of {len(scan.images)} image{'s' if len(scan.images) != 1 else ''}"
+            origins = [cache_only(r.metric.value) for r in broken]
+            if all(origins):
+                head += f", all cache-only (origin {origins[0]} intact)"
             parts.append(f"{head}: {_short(first)}")
         if deadline:
             full = str(deadline[0].hint)
@@ -215,8 +244,9 @@ class ScanSummary(nagiosplugin.Summary):
 
     @staticmethod
     def _image_lines(scan: ScanResult) -> List[str]:
+        """A line per image and platform, in the order of their names (not the order their manifests came in)."""
         lines = []
-        for verdict in image_verdicts(scan):
+        for verdict in sorted(image_verdicts(scan), key=lambda v: (str(v.target.image), str(v.target.platform or ""))):
             word, result = IMAGE_WORDS[verdict.state], verdict.resolved
             if result is None:
                 lines.append(f"image {verdict.target}: not resolved: {word}")

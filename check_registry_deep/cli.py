@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--insecure", action="store_true", help="do not verify TLS certificates (said in the output)")
     add("--connect-to", metavar="HOST:PORT", help="connect to this backend (a datacenter's node, the origin behind "
         "a cache) instead of the --registry host, keeping its Host header and TLS server name")
+    add("--origin", metavar="HOST:PORT", help="the registry's origin behind a cache, CDN or load balancer: every "
+        "blob or manifest that fails through --registry is verified again there (same Host header and TLS name, "
+        "like --connect-to), and its line says whether the origin is intact or also broken")
     add("--repository", metavar="PREFIX", action="append", default=[],
         help="also check images of every repository under PREFIX in the --registry's catalog, repeatable; "
              "needs --all-tags or --tag-pattern")
@@ -153,15 +156,17 @@ def access_options(options: argparse.Namespace) -> AccessOptions:
         raise UsageError("--client-key needs --client-cert")
     if options.insecure and options.ca_bundle:
         raise UsageError("--insecure and --ca-bundle contradict each other")
-    if options.connect_to:
-        host, _, port = options.connect_to.rpartition(":")
-        if not port.isdigit() or not DOMAIN_RE.fullmatch(host or "-"):
-            raise UsageError(f"invalid --connect-to {options.connect_to!r}: expected HOST:PORT")
-        if not options.registry:
-            raise UsageError("--connect-to needs --registry")
+    for flag, address in (("--connect-to", options.connect_to), ("--origin", options.origin)):
+        if address:
+            host, _, port = address.rpartition(":")
+            if not port.isdigit() or not DOMAIN_RE.fullmatch(host or "-"):
+                raise UsageError(f"invalid {flag} {address!r}: expected HOST:PORT")
+            if not options.registry:
+                raise UsageError(f"{flag} needs --registry")
     registry = normalize_registry(options.registry) if options.registry else None
     return AccessOptions(registry, options.username, options.password_file, options.docker_config, options.ca_bundle,
-                         options.client_cert, options.client_key, options.insecure, options.connect_to)
+                         options.client_cert, options.client_key, options.insecure, options.connect_to,
+                         options.origin)
 
 
 def discovery_options(options: argparse.Namespace) -> Optional[DiscoveryOptions]:

@@ -24,12 +24,13 @@ from .errors import (
     ManifestUnknown,
     ShortBody,
     SizeMismatch,
+    Stalled,
     TransportError,
 )
 from .manifests import ACCEPT, MAX_MANIFEST_BYTES
 from .reference import Digest, validate_repository
 from .retry import Retrier, RetryPolicy
-from .transport import TLSOptions, Transport, raise_for_status, reason
+from .transport import READ_TIMEOUT, TLSOptions, Transport, raise_for_status, reason
 
 
 @dataclass(frozen=True)
@@ -59,17 +60,28 @@ class BlobResponse:
             if size <= 0:
                 return b""
         try:
-            chunk = self._response.raw.read(size, decode_content=False)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            short = next((a for a in getattr(exc, "args", ()) if isinstance(a, http.client.IncompleteRead)), None)
+            chunk = self._read_some(size)
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+            short = exc if isinstance(exc, http.client.IncompleteRead) else next(
+                (a for a in getattr(exc, "args", ()) if isinstance(a, http.client.IncompleteRead)), None)
             if short is not None:  # the body ended before its Content-Length
                 # urllib3 2 counts every byte of the response so far; http.client hands over the lost bytes
                 got = short.partial if isinstance(short.partial, int) else self.received + len(short.partial)
                 raise ShortBody(f"body ended after {got} bytes, before its Content-Length", max(got, self.received)
                                 ) from None
+            if isinstance(exc, (urllib3.exceptions.ReadTimeoutError, TimeoutError)):  # nothing came for a while
+                raise Stalled(f"stalled after {self.received} bytes", self.received) from None
             raise TransportError(f"connection broken after {self.received} bytes: {reason(exc)}") from None
         self.received += len(chunk)
         return chunk
+
+    def _read_some(self, size: int) -> bytes:
+        """Raw bytes as they arrive, up to `size` (one read of the socket): when the body then stalls, nothing
+        that came is lost (a read of `size` bytes would drop its partial chunk with its timeout)."""
+        fp = getattr(self._response.raw, "_fp", None)  # urllib3's http.client response, when there is one
+        if isinstance(fp, http.client.HTTPResponse):
+            return fp.read1(size)
+        return self._response.raw.read(size, decode_content=False)
 
 
 def _read_capped(response: requests.Response, what: str) -> bytes:
@@ -156,10 +168,11 @@ class RegistryClient:
         return listing
 
     @contextmanager
-    def open_blob(self, repository: str, digest: Digest, limit: Optional[int], offset: int = 0
-                  ) -> Iterator[BlobResponse]:
+    def open_blob(self, repository: str, digest: Digest, limit: Optional[int], offset: int = 0,
+                  stall: float = READ_TIMEOUT) -> Iterator[BlobResponse]:
         """GET a blob with identity encoding; the body is read raw, at most `limit` bytes. Not retried here:
-        transfer.py resumes or retries the whole transfer.
+        transfer.py resumes or retries the whole transfer. A wait of `stall` seconds for the answer, or for any
+        byte of the body, raises Stalled.
 
         With `offset`, asks for the rest from there (`Range: bytes=offset-`): the caller looks at the answer's
         status (206, or 200 from a server that ignores Range); a 416 is handed over too, not raised, since
@@ -168,7 +181,8 @@ class RegistryClient:
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
-        response = self._send("GET", self._url(repository, "blobs", str(digest)), headers, stream=True)
+        response = self.transport.send("GET", self._url(repository, "blobs", str(digest)), self.auth,
+                                       headers=headers, stream=True, read_timeout=stall)
         try:
             if not (offset and response.status_code == 416):
                 raise_for_status(response, "", BlobUnknown)

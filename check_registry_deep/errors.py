@@ -54,6 +54,12 @@ class ShortBody(TransportError):
         self.reached = reached  # bytes of this response that arrived
 
 
+class Stalled(ShortBody):
+    """No byte came for the stall timeout: a body that stopped before its Content-Length, or no answer at all.
+
+    Like a short body, a hiccup once, truncated content when it stops at the same byte again."""
+
+
 class TLSError(TransportError):
     """The TLS handshake failed (untrusted certificate, wrong name, client certificate refused): not transient."""
 

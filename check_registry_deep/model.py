@@ -77,6 +77,16 @@ class TargetResult:
 
 
 @dataclass(frozen=True)
+class OriginCheck:
+    """A failing blob or manifest fetched again from the origin behind --registry (--origin) and verified the
+    same way: what the origin served wrong (`error`), or why it was not asked (`skipped`); neither: intact."""
+
+    address: str  # HOST:PORT
+    error: Optional[CheckError] = None
+    skipped: str = ""
+
+
+@dataclass(frozen=True)
 class Finding:
     """What the run learned about one piece of content (a blob, a manifest, a tag, the registry itself).
 
@@ -95,6 +105,7 @@ class Finding:
     repository: str = ""
     mode: Mode = Mode.VERIFIED
     finished: float = 0.0  # seconds into the run
+    origin: Optional[OriginCheck] = None  # with --origin, on a failure: the same content at the origin
 
     @property
     def problem(self) -> bool:

@@ -25,6 +25,7 @@ class AccessOptions:
     client_key: Optional[str] = None
     insecure: bool = False
     connect_to: Optional[str] = None
+    origin: Optional[str] = None  # HOST:PORT behind a cache in front of the registry: where failures are asked again
 
 
 @dataclass(frozen=True)

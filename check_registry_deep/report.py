@@ -9,7 +9,7 @@ import json
 from typing import Dict, List
 
 from . import __version__
-from .check import describe, human_bytes, image_verdicts, judge
+from .check import describe, human_bytes, image_verdicts, judge, origin_verdict
 from .model import ScanResult
 from .states import SEVERITY
 
@@ -49,7 +49,8 @@ def to_json(scan: ScanResult, state: str, summary: str) -> str:
             "size": finding.size, "bytes_read": finding.bytes_read, "check": finding.mode,
             "state": judge(finding).upper(), "error": str(finding.error) if finding.error else None,
             "caveats": list(finding.caveats), "notes": list(finding.notes), "retries": finding.retries,
-            "seconds": round(finding.finished, 3), "affects": sorted({str(t) for t in finding.affected})})
+            "seconds": round(finding.finished, 3), "affects": sorted({str(t) for t in finding.affected}),
+            "origin": origin_verdict(finding.origin) if finding.origin else None})
     document = {
         "schema": JSON_SCHEMA_VERSION, "plugin": f"check_registry_deep {__version__}",
         "state": state.upper(), "summary": summary, "elapsed": round(scan.elapsed, 3),

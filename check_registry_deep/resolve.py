@@ -41,7 +41,7 @@ class Resolver:
 
     def resolve(self, client: RegistryClient, ref: ImageRef, registry: str) -> Resolution:
         try:
-            manifest, digest = self._fetch(client, ref, ref.reference, ref.digest)
+            manifest, digest = self.fetch(client, ref, ref.reference, ref.digest)
         except CheckError as exc:
             subject = str(ref.digest) if ref.digest else str(ref)
             return Resolution(None, (), (Finding(subject, Kind.MANIFEST, (Target(ref, registry),), error=exc,
@@ -50,8 +50,9 @@ class Resolver:
         return Resolution(digest, tuple(targets), tuple(findings))
 
     @staticmethod
-    def _fetch(client: RegistryClient, ref: ImageRef, reference: str, expected: Optional[Digest],
-               size: Optional[int] = None) -> Tuple[Manifest, Digest]:
+    def fetch(client: RegistryClient, ref: ImageRef, reference: str, expected: Optional[Digest],
+              size: Optional[int] = None) -> Tuple[Manifest, Digest]:
+        """One manifest of `ref`'s repository, checked against `expected` (or Docker-Content-Digest) and `size`."""
         fetched = client.get_manifest(ref.repository, reference)
         if size is not None and len(fetched.body) != size:
             raise SizeMismatch(f"index child is {len(fetched.body)} bytes, descriptor says {size}")
@@ -84,7 +85,7 @@ class Resolver:
             seen.add((child.digest, child_platform))
             try:
                 self.deadline.check(f"resolving {ref}")
-                child_manifest, child_digest = self._fetch(client, ref, str(child.digest), child.digest, child.size)
+                child_manifest, child_digest = self.fetch(client, ref, str(child.digest), child.digest, child.size)
             except DeadlineExceeded:
                 raise
             except CheckError as exc:

@@ -1,9 +1,9 @@
 """Gathering: lanes and stages under one deadline, over a pool of workers; returns a ScanResult of facts.
 
-Per registry a lane of stages (API check, discovery, manifests, blobs, replicas) runs on a pool of daemon
-threads. Lanes move independently, so a stalled registry holds up only its own images. The jobs themselves
-live apart: resolve.py (manifests), blobs.py and transfer.py (blobs), replicas.py, discovery.py. Knows
-nothing of Nagios states.
+Per registry a lane of stages (API check, discovery, manifests, blobs, replicas, the origin behind a cache)
+runs on a pool of daemon threads. Lanes move independently, so a stalled registry holds up only its own
+images. The jobs themselves live apart: resolve.py (manifests), blobs.py and transfer.py (blobs), replicas.py,
+discovery.py, origin.py. Knows nothing of Nagios states.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from .client import RegistryClient
 from .deadline import Deadline
 from .discovery import repositories, tags
 from .errors import DeadlineExceeded, InternalError, RegistryError
-from .model import Finding, Kind, ScanResult, Target, TargetResult
+from .model import Finding, Kind, OriginCheck, ScanResult, Target, TargetResult
 from .options import DiscoveryOptions
+from .origin import NO_TIME, OriginChecker, worth_asking
 from .pool import WorkerPool
 from .reference import Digest, ImageRef, Platform
 from .replicas import compare_replica
@@ -42,6 +43,7 @@ Job = Tuple[str, Callable[[], JobResult]]
 PING, DISCOVER, TAGS, RESOLVE, BLOBS, REPLICAS = (
     "checking the registry API", "listing repositories and tags", "listing tags", "resolving manifests",
     "verifying blobs", "comparing replicas")
+ORIGIN = "asking the origin"
 
 
 @dataclass
@@ -60,6 +62,7 @@ class _Lane:
     targets: List[TargetResult] = field(default_factory=list)
     top_digests: Dict[ImageRef, Digest] = field(default_factory=dict)  # what each image's reference resolved to
     listed: Dict[str, object] = field(default_factory=dict)  # discovery: repository -> its images, or the error
+    failures: List[int] = field(default_factory=list)  # with --origin: where its failures are in the findings
 
     def describe(self, named: bool) -> str:
         text = self.stages[self.stage] + (f" at {self.registry}" if named else "") + \
@@ -77,11 +80,12 @@ class Scanner:
     def __init__(self, clients: Callable[[str], RegistryClient], deadline: Deadline, *, workers: int = 4,
                  platforms: Sequence[Platform] = (), chunk_size: int = CHUNK_SIZE,
                  discovery: Optional[Tuple[str, DiscoveryOptions]] = None, replicas: Sequence[str] = (),
-                 choose_deep: Optional[Chooser] = None,
+                 choose_deep: Optional[Chooser] = None, origin: Optional[OriginChecker] = None,
                  progress: Optional[Callable[[str, int, int, int], None]] = None):
         """`discovery` (registry, what) lists more images there; `replicas` are compared with the first registry;
-        `choose_deep` picks the blobs to GET and hash (the others are only HEADed); `progress(stage, done, total,
-        bytes)` hears about every finished job."""
+        `choose_deep` picks the blobs to GET and hash (the others are only HEADed); `origin` asks the origin behind
+        its registry about every failure there; `progress(stage, done, total, bytes)` hears about every finished
+        job."""
         self.client_for = clients
         self.deadline = deadline
         self.workers = workers
@@ -89,6 +93,8 @@ class Scanner:
         self.replicas = tuple(replicas)
         self.choose_deep = choose_deep
         self.progress = progress
+        self.origin = origin
+        self.origin_checks: Dict[int, OriginCheck] = {}  # position in the findings -> the origin's answer
         self.cancelled = threading.Event()
         self.resolver = Resolver(deadline, platforms)
         self.blobs = BlobChecker(deadline, self.cancelled, chunk_size)
@@ -107,6 +113,8 @@ class Scanner:
             lanes.setdefault(registry, _Lane(registry, [])).images.append(ref)
         if self.replicas:
             next(iter(lanes.values())).stages.append(REPLICAS)
+        if self.origin and self.origin.registry in lanes:
+            lanes[self.origin.registry].stages.append(ORIGIN)
         pool = WorkerPool(self.workers)
         owner: Dict[concurrent.futures.Future, Tuple[_Lane, str]] = {}
         interrupted = None
@@ -139,6 +147,8 @@ class Scanner:
                     lane.targets.extend(found_targets)
                     targets.extend(found_targets)
                     now = self.deadline.elapsed()
+                    if ORIGIN in lane.stages and lane.stages[lane.stage] in (RESOLVE, BLOBS):
+                        lane.failures += [len(findings) + i for i, f in enumerate(found) if worth_asking(f)]
                     findings.extend(dataclasses.replace(f, finished=now) for f in found)
                     if self.progress:
                         self.progress(lane.stages[lane.stage], lane.done, lane.total,
@@ -156,6 +166,12 @@ class Scanner:
             self.cancelled.set()
             pool.shutdown()
         retries = sum(self.client_for(registry).retries for registry in (*lanes, *self.replicas))
+        if self.origin is not None:
+            origin = self.origin
+            retries += origin.client.retries
+            for position in (p for lane in lanes.values() for p in lane.failures):  # unasked: the time ran out
+                check = self.origin_checks.get(position, OriginCheck(origin.address, skipped=NO_TIME))
+                findings[position] = dataclasses.replace(findings[position], origin=check)
         return ScanResult(tuple(ref for lane in lanes.values() for ref in lane.images), tuple(targets),
                           tuple(findings), self.deadline.elapsed(), retries, interrupted)
 
@@ -168,7 +184,7 @@ class Scanner:
             if lane.stage >= 0 and any(f.kind == Kind.REGISTRY and f.subject == lane.registry for f in findings):
                 return  # unreachable, or its listing failed: nothing more to learn there
             lane.stage += 1
-            jobs = self._jobs_for(lane)
+            jobs = self._jobs_for(lane, findings)
             with self._lock:
                 lane.total, lane.done = len(jobs), 0
             for label, job in jobs:
@@ -177,7 +193,7 @@ class Scanner:
                 lane.pending.add(future)
                 future.add_done_callback(self._completed.put)
 
-    def _jobs_for(self, lane: _Lane) -> List[Job]:
+    def _jobs_for(self, lane: _Lane, findings: List[Finding]) -> List[Job]:
         stage = lane.stages[lane.stage]
         if stage == PING:
             return [(f"{lane.registry}/v2/", functools.partial(self._ping, lane.registry, lane.images))]
@@ -192,6 +208,11 @@ class Scanner:
         if stage == BLOBS:
             return [(work.label(), functools.partial(self._check_blob, work))
                     for work in plan(lane.targets, self.choose_deep)]
+        if stage == ORIGIN:
+            assert self.origin is not None
+            self.origin.charge(sum(f.bytes_read for f in findings))
+            return [(f"{findings[p].kind} {findings[p].subject} at {self.origin.address}",
+                     functools.partial(self._ask_origin, p, findings[p])) for p in lane.failures]
         return [(f"{ref} on {replica}", functools.partial(self._compare_replica, lane, ref, replica))
                 for replica in self.replicas for ref in lane.top_digests]
 
@@ -273,6 +294,13 @@ class Scanner:
 
     def _check_blob(self, work: BlobWork) -> JobResult:
         return [], self.blobs.check(self.client_for(work.registry), work)
+
+    def _ask_origin(self, position: int, finding: Finding) -> JobResult:
+        assert self.origin is not None
+        check = self.origin.check(finding, self.cancelled)
+        with self._lock:
+            self.origin_checks[position] = check
+        return [], []
 
     def _compare_replica(self, lane: _Lane, ref: ImageRef, replica: str) -> JobResult:
         resolved = [t for t in lane.targets if t.target.image == ref]

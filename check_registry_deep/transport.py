@@ -25,6 +25,7 @@ from .errors import (
     HTTPStatusError,
     ManifestUnknown,
     RedirectError,
+    Stalled,
     TLSError,
     TransportError,
 )
@@ -125,20 +126,20 @@ class Transport:
         return (parts.scheme, parts.netloc) == (self.origin.scheme, self.origin.netloc)
 
     def send(self, method: str, url: str, auth: Authenticator, *, headers: Optional[dict] = None,
-             stream: bool = False) -> requests.Response:
+             stream: bool = False, read_timeout: float = READ_TIMEOUT) -> requests.Response:
         """One registry request, following redirects by hand and answering one auth challenge."""
-        response = self._follow(method, url, headers, stream, auth)
+        response = self._follow(method, url, headers, stream, auth, read_timeout)
         if response.status_code == 401 and self.same_origin(response.url or url):
             response.close()
             auth.answer(response, url)
-            response = self._follow(method, url, headers, stream, auth)
+            response = self._follow(method, url, headers, stream, auth, read_timeout)
             if response.status_code == 401:
                 response.close()
                 raise auth.refused("credentials refused")
         return response
 
     def _follow(self, method: str, url: str, headers: Optional[dict], stream: bool,
-                auth: Authenticator) -> requests.Response:
+                auth: Authenticator, read_timeout: float) -> requests.Response:
         """Follow redirects (to a storage backend, say) with a hop limit, refusing loops and https->http.
 
         Credentials go to the registry's own origin only: any other host gets NO_AUTH, which also keeps
@@ -146,7 +147,7 @@ class Transport:
         """
         seen = {url}
         for _ in range(MAX_REDIRECTS + 1):
-            response = self.request(method, url, headers=headers, stream=stream,
+            response = self.request(method, url, headers=headers, stream=stream, read_timeout=read_timeout,
                                     auth=auth if self.same_origin(url) else NO_AUTH)
             location = response.headers.get("Location")
             if response.status_code not in (301, 302, 303, 307, 308) or not location:
@@ -197,6 +198,8 @@ class Transport:
             if self.deadline.expired():
                 raise DeadlineExceeded(f"deadline of {self.deadline.seconds:g}s passed during {method} "
                                        f"{urlsplit(url).path}") from None
+            if isinstance(exc, requests.exceptions.ReadTimeout):  # connected, asked, and no answer came
+                raise Stalled(f"{where} sent no answer in {timeout[1]:g}s", 0) from None
             raise TransportError(f"{where} unreachable: {reason(exc)}") from None
         log.debug("%s %s%s -> %s", method, where, urlsplit(url).path, response.status_code)
         return response

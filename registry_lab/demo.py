@@ -16,8 +16,8 @@ def show(title: str) -> None:
     print(f"\n=== {title}", flush=True)
 
 
-def run_check(registry: LocalRegistry, refs: list) -> int:
-    args = ["check_registry_deep", "-R", registry.url] + [a for ref in refs for a in ("-i", ref)]
+def run_check(url: str, refs: list, *extra: str) -> int:
+    args = ["check_registry_deep", "-R", url] + [a for ref in refs for a in ("-i", ref)] + list(extra)
     print("$ " + " ".join(shlex.quote(a) for a in args), flush=True)
     done = subprocess.run([sys.executable, "-m", "check_registry_deep", *args[1:]], stdin=subprocess.DEVNULL)
     print(f"(exit code {done.returncode})", flush=True)
@@ -28,8 +28,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args == ["--swift"]:
         return swift_main()
+    if args == ["--cache"]:
+        return cache_main()
     if args:
-        print("usage: python -m registry_lab.demo [--swift]", file=sys.stderr)
+        print("usage: python -m registry_lab.demo [--swift | --cache]", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="registry-deep-demo-") as workdir, \
             LocalRegistry(Path(workdir)) as registry:
@@ -39,13 +41,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"pushed {len(images.images)} sentinel images; all but one are built on the golden base layer {golden}")
         refs = images.refs()
         show("the check on a healthy registry")
-        healthy = run_check(registry, refs)
+        healthy = run_check(registry.url, refs)
         show("the incident: the golden layer is cut short in storage (as Swift's container sync did in 2019)")
         path = registry.blob_path(golden)
         registry.truncate_blob(golden, path.stat().st_size // 2)
         print(f"truncated {path} to {path.stat().st_size} bytes; manifests still resolve, /v2/ still answers 200")
         show("the check again")
-        broken = run_check(registry, refs)
+        broken = run_check(registry.url, refs)
     show("cleaned up: registry stopped, storage removed")
     ok = healthy == 0 and broken == 2
     print("demo " + ("as expected: OK, then CRITICAL with every affected image" if ok else "did NOT go as expected"))
@@ -74,7 +76,7 @@ def swift_main() -> int:
             print(f"stored as a Swift large object in {len(sizes)} segments of {', '.join(map(str, sizes))} bytes")
             refs = images.refs()
             show("the check on a healthy registry")
-            healthy = run_check(registry, refs)
+            healthy = run_check(registry.url, refs)
             show("the incident: container sync to a mirror, the mirror deleted, the deletes synced back")
             incident = registry.replay_sync_incident(golden, keep=1)
             print(f"container {registry.container!r} and {incident.mirror!r} sync both ways "
@@ -84,12 +86,49 @@ def swift_main() -> int:
             print(f"the golden layer now has {len(incident.left)} of {len(incident.segments)} segments in "
                   f"{registry.container!r}; its object, the manifests and tags are untouched, /v2/ answers 200")
             show("the check again")
-            broken = run_check(registry, refs)
+            broken = run_check(registry.url, refs)
         finally:
             registry.stop()
     show("cleaned up: registry and Swift stopped, storage removed")
     ok = healthy == 0 and broken == 2
     print("demo " + ("as expected: OK, then CRITICAL with every affected image" if ok else "did NOT go as expected"))
+    return 0 if ok else 1
+
+
+def cache_main() -> int:
+    """The 2025 incident: nginx caches blobs in front of the registry, and its copy of a layer goes bad."""
+    from .nginx import CachingProxy
+
+    with tempfile.TemporaryDirectory(prefix="registry-deep-cache-demo-") as workdir, \
+            LocalRegistry(Path(workdir) / "registry") as origin:
+        images = seed_sentinels(origin, golden_size=32 << 20, own_size=2 << 20)
+        golden, size = images.golden.digest, len(images.golden.data)
+        with CachingProxy(Path(workdir) / "nginx", origin) as cache:
+            show(f"a real docker-registry on {origin.url} (the origin), Debian's nginx on {cache.url} in front of "
+                 "it caching blob GETs by digest (manifests are not cached)")
+            print(f"pushed {len(images.images)} sentinel images; all but one are built on the golden base layer "
+                  f"{golden}")
+            refs = images.refs()
+            show("the check through the cache, telling it where the origin is; the first run fills the cache")
+            healthy = run_check(cache.url, refs, "--origin", origin.host)
+            print(f"nginx's log, the golden layer: {', '.join(cache.cache_statuses(golden))}")
+            show("the incident: nginx's cached copy of the golden layer goes bad (same size, one byte changed); "
+                 "the origin's storage is intact")
+            cache.alter_cached(golden, size, size // 2)
+            print(f"changed byte {size // 2} of the body in {cache.cache_path(golden)}; nginx's header, "
+                  "Content-Length, ETag and Docker-Content-Digest are untouched")
+            show("the check again")
+            broken = run_check(cache.url, refs, "--origin", origin.host)
+            print(f"nginx's log, the golden layer: {', '.join(cache.cache_statuses(golden))}")
+            show("the repair the verdict points to: purge the cache entry (not a restore from backup), check again")
+            cache.purge(golden)
+            print(f"removed {cache.cache_path(golden)}")
+            repaired = run_check(cache.url, refs, "--origin", origin.host)
+            print(f"nginx's log, the golden layer: {', '.join(cache.cache_statuses(golden))}")
+    show("cleaned up: nginx and the registry stopped, cache and storage removed")
+    ok = healthy == 0 and broken == 2 and repaired == 0
+    print("demo " + ("as expected: OK, then CRITICAL with the origin intact, then OK after the purge" if ok
+                     else "did NOT go as expected"))
     return 0 if ok else 1
 
 

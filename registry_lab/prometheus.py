@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 
 import requests
 
-from .registry import free_port
+from .registry import free_port, stop_process
 
 NODE_EXPORTER = os.environ.get("NODE_EXPORTER_BINARY", "/usr/bin/prometheus-node-exporter")
 PROMETHEUS = os.environ.get("PROMETHEUS_BINARY", "/usr/bin/prometheus")
@@ -63,13 +63,7 @@ class _Daemon:
         raise RuntimeError(f"{self.name} did not answer on {self.url} within {wait}s: {self.log()[-2000:]}")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, grace=10)
         self.process = None
 
     def log(self) -> str:

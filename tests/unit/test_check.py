@@ -15,6 +15,7 @@ from check_registry_deep.errors import (
     DeadlineExceeded,
     DigestMismatch,
     InternalError,
+    ManifestUnknown,
     SizeMismatch,
     TransportError,
     UnsupportedDigest,
@@ -266,6 +267,23 @@ def test_verbose_lines_per_image():
     assert f"image team/db:2 (linux/arm64/v8): manifest {D[9].short()}…, 2 blobs, 1.0 MB (artifact): BROKEN" in lines
     quiet, _, _ = run(scan, verbose=0)
     assert not any(line.startswith("image ") for line in quiet.splitlines())
+
+
+def test_verbose_lines_come_in_name_order_and_name_what_did_not_resolve():
+    """Whatever order the manifests came in; an index child that could not be fetched gets its line too, the same
+    verdict as in the table and JSON (check.image_verdicts)."""
+    blob = Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", D[0], 1_000_000, LAYER)
+    lost = Target(DB, REGISTRY, Platform("linux", "amd64"))
+    targets = (TargetResult(T_DB, D[9], (blob,)), TargetResult(T_APP, D[8], (blob,)))
+    scan = scan_of(broken(D[7], ManifestUnknown("404 MANIFEST_UNKNOWN", 404, "MANIFEST_UNKNOWN"), lost,
+                          kind=Kind.MANIFEST), targets=targets)
+    output, code, _ = run(scan, verbose=1)
+    assert code == 2
+    assert [line for line in output.splitlines() if line.startswith("image ")] == [
+        f"image team/app:1: manifest {D[8].short()}…, 1 blobs, 1.0 MB: OK",
+        "image team/db:2 (linux/amd64): not resolved: BROKEN",
+        f"image team/db:2 (linux/arm64/v8): manifest {D[9].short()}…, 1 blobs, 1.0 MB: OK"]
+    assert output.startswith("REGISTRY_DEEP CRITICAL - 1 broken manifest, breaking 1 of 2 images: manifest ")
 
 
 # -- text hygiene and the 8 KiB cap ----------------------------------------------------------------------

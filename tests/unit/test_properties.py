@@ -126,7 +126,8 @@ class FakeClient:
         return FetchedManifest(self.manifests[reference], "", None)
 
     @contextmanager
-    def open_blob(self, repository: str, digest: Digest, limit, offset: int = 0) -> Iterator[None]:
+    def open_blob(self, repository: str, digest: Digest, limit, offset: int = 0, stall: float = 30.0
+                  ) -> Iterator[None]:
         raise BlobUnknown(f"404 BLOB_UNKNOWN {digest}", 404, "BLOB_UNKNOWN")
         yield  # pragma: no cover (a generator, as the real one is)
 
