@@ -72,8 +72,20 @@ class BlobResponse:
             if isinstance(exc, (urllib3.exceptions.ReadTimeoutError, TimeoutError)):  # nothing came for a while
                 raise Stalled(f"stalled after {self.received} bytes", self.received) from None
             raise TransportError(f"connection broken after {self.received} bytes: {reason(exc)}") from None
+        if not chunk:
+            self._release()
         self.received += len(chunk)
         return chunk
+
+    def _release(self) -> None:
+        """The body was read to its end: its connection goes back to the pool for the next request. Reading
+        http.client's response directly (below) bypasses urllib3, which would have done this; closing the
+        response instead closes the connection, and every next request paid a new one (a round trip more
+        each behind a WAN, and the registry's CPU for the handshake)."""
+        fp = getattr(self._response.raw, "_fp", None)
+        if isinstance(fp, http.client.HTTPResponse) and (fp.isclosed() or fp.length == 0):
+            fp.close()  # read1 leaves a drained response open; read() would have closed it here
+            self._response.raw.release_conn()
 
     def _read_some(self, size: int) -> bytes:
         """Raw bytes as they arrive, up to `size` (one read of the socket): when the body then stalls, nothing

@@ -444,3 +444,43 @@ def test_an_explicit_ca_bundle_wins_over_requests_ca_bundle_and_plain_http_verif
     make_client().ping()
     assert [call.request.req_kwargs["verify"] for call in mock.calls] == [
         "/etc/ssl/mine.pem", "/etc/ssl/certs/from-the-environment.pem", True]
+
+
+def test_bodies_read_to_their_end_leave_the_connection_for_the_next_request():
+    """Manifests and blobs are read straight from http.client; their connection must still go back to the pool.
+    Closed instead, every next request opened a new one: a round trip more behind a WAN."""
+    import http.server
+    import socketserver
+
+    connections = []
+
+    class KeepAlive(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self):
+            connections.append(self.client_address)
+            super().setup()
+
+        def do_GET(self):  # noqa: N802
+            body, kind = (BLOB, "application/octet-stream") if "/blobs/" in self.path else (BODY, DOCKER_MANIFEST)
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), KeepAlive)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = RegistryClient(f"http://127.0.0.1:{server.server_address[1]}", Deadline(10), retry=FAST, workers=1)
+        for _ in range(3):
+            assert client.get_manifest("team/app", "1").body == BODY
+            assert read_blob(client) == BLOB
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(connections) == 1, connections
