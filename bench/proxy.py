@@ -46,10 +46,13 @@ class LatencyProxy:
         async def close() -> None:
             assert self._server is not None
             self._server.close()
-            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)  # each closes its sockets on the way out
+            for _ in range(10):  # a cancelled connection cancels its pipes: until none is left
+                tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+                if not tasks:
+                    break
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)  # each closes its sockets on the way out
             await asyncio.sleep(0.05)  # and their transports finish closing
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
@@ -103,4 +106,6 @@ class LatencyProxy:
                     break
             await sender
         finally:
-            sender.cancel()
+            if not sender.done():
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
