@@ -30,6 +30,7 @@ class LatencyProxy:
         self._server: Optional[asyncio.AbstractServer] = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="latency-proxy", daemon=True)
         self.connections = 0
+        self._live: set = set()  # the connections' tasks
 
     @property
     def url(self) -> str:
@@ -62,11 +63,14 @@ class LatencyProxy:
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        task = asyncio.current_task()
+        self._live.add(task)  # the loop keeps only weak references: a waiting connection must not be collected
         try:
             await asyncio.sleep(self.up + self.down)  # the SYN / SYN-ACK round trip
             server_reader, server_writer = await asyncio.open_connection(*self.target)
         except (OSError, asyncio.CancelledError):
             client_writer.close()
+            self._live.discard(task)
             return
         for writer in (client_writer, server_writer):
             writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -78,6 +82,7 @@ class LatencyProxy:
         finally:
             client_writer.close()
             server_writer.close()
+            self._live.discard(task)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
         """Read into a queue of (due time, bytes); a second task writes each chunk when it is due."""
