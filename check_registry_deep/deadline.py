@@ -9,20 +9,19 @@ from .errors import DeadlineExceeded
 
 
 class Deadline:
-    def __init__(self, seconds: float, clock=time.monotonic, started: Optional[float] = None):
-        self._clock = clock
+    def __init__(self, seconds: float, started: Optional[float] = None):
         self.seconds = seconds
-        self.started = clock() if started is None else started
+        self.started = time.monotonic() if started is None else started
         self.at = self.started + seconds
 
     def remaining(self) -> float:
-        return max(0.0, self.at - self._clock())
+        return max(0.0, self.at - time.monotonic())
 
     def elapsed(self) -> float:
-        return self._clock() - self.started
+        return time.monotonic() - self.started
 
     def expired(self) -> bool:
-        return self._clock() >= self.at
+        return time.monotonic() >= self.at
 
     def check(self, doing: str) -> None:
         if self.expired():
