@@ -50,6 +50,15 @@ def errors_body(code: str, message: str) -> str:
     return json.dumps({"errors": [{"code": code, "message": message, "detail": None}]})
 
 
+@pytest.fixture(autouse=True)
+def no_proxy_from_the_environment(monkeypatch) -> None:
+    """Debian's package build sets http_proxy to a dead port (no network while building): these tests set the
+    proxy they mean themselves."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
 @pytest.fixture
 def mock() -> Iterator[responses.RequestsMock]:
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
@@ -420,8 +429,6 @@ def test_content_encoding_identity_is_no_encoding(mock):
 
 def test_the_environment_is_read_once_per_origin_and_its_proxy_applies(mock, monkeypatch):
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
     reads = []
     merge = requests.Session.merge_environment_settings
     monkeypatch.setattr(requests.Session, "merge_environment_settings",
