@@ -1,4 +1,7 @@
-"""Selecting images through the registry's catalog and tags APIs (Link pagination, `"tags": null`)."""
+"""Selecting images through the registry's catalog and tags APIs (Link pagination, `"tags": null`).
+
+The scan lists the catalog with `repositories`, then each repository's tags with `tags`, concurrently.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +15,6 @@ if TYPE_CHECKING:  # the client pulls in requests and tenacity: not at start-up
     from .client import RegistryClient
 
 MAX_PAGES = 1000  # a million names: beyond that a registry is looping us
-
-
-def discover(wanted: DiscoveryOptions, client: RegistryClient) -> List[ImageRef]:
-    """The images under `wanted`'s prefixes whose tags it selects, one listing after the other (the scan runs
-    the tag listings concurrently: repositories() and then tags() for each)."""
-    return [ref for repository in repositories(wanted, client) for ref in tags(wanted, client, repository)]
 
 
 def repositories(wanted: DiscoveryOptions, client: RegistryClient) -> List[str]:

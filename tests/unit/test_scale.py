@@ -14,7 +14,7 @@ import responses
 from check_registry_deep.client import RegistryClient
 from check_registry_deep.coverage import Coverage
 from check_registry_deep.deadline import Deadline
-from check_registry_deep.discovery import discover
+from check_registry_deep.discovery import repositories, tags
 from check_registry_deep.errors import ManifestInvalid, UsageError
 from check_registry_deep.model import Kind
 from check_registry_deep.options import DiscoveryOptions
@@ -23,6 +23,11 @@ from check_registry_deep.retry import RetryPolicy
 from check_registry_deep.scan import Scanner
 
 BASE = "http://127.0.0.1:5000"
+
+
+def discover(wanted: DiscoveryOptions, client) -> list:
+    """The images the scan's discovery stages find, one listing after the other."""
+    return [ref for repository in repositories(wanted, client) for ref in tags(wanted, client, repository)]
 
 
 @pytest.fixture
