@@ -127,3 +127,8 @@ class UnsupportedDigest(RegistryError):
     """A well-formed digest whose algorithm we cannot compute: reported, never guessed; we cannot judge it."""
 
     state = UNKNOWN
+
+
+class SignatureMissing(RegistryError):
+    """A signature is required (--require-signature, --cosign-key) and the image has none that passes: admission
+    policies refuse it. The message says which: not signed, not verifying with the key, or for another digest."""

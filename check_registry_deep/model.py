@@ -35,6 +35,7 @@ class Kind(_Word):
     REGISTRY = "registry"  # the registry itself: unreachable, refused us, or its listing failed
     INTERNAL = "internal"  # a bug of ours in one job
     DEADLINE = "deadline"  # the run's -t deadline
+    SIGNATURE = "signature"  # an image's required signature: missing, not verifying with the key, or for another
 
     @property
     def blob(self) -> bool:
@@ -43,7 +44,7 @@ class Kind(_Word):
     @property
     def about_content(self) -> bool:
         """Whether the finding names content (a blob or manifest), rather than the run or the registry."""
-        return self in (Kind.LAYER, Kind.CONFIG, Kind.MANIFEST)
+        return self in (Kind.LAYER, Kind.CONFIG, Kind.MANIFEST, Kind.SIGNATURE)
 
 
 class Mode(_Word):
@@ -54,16 +55,41 @@ class Mode(_Word):
     SKIPPED = "skipped"  # foreign: clients fetch it from its urls
 
 
+class FoundBy(_Word):
+    """How an attached artifact was found (--referrers)."""
+
+    API = "referrers-api"  # the OCI 1.1 referrers API
+    TAG = "referrers-tag"  # the fallback tag sha256-<hex>, an index listing the referrers
+    COSIGN = "cosign-tag"  # cosign's sha256-<hex>.sig, .att, .sbom
+
+
+@dataclass(frozen=True)
+class ArtifactId:
+    """An attached artifact: its manifest's digest, its type (as the referrers API reports it) and how it was found."""
+
+    digest: Digest
+    artifact_type: str
+    found_by: FoundBy
+    tag: str = ""  # the cosign tag it was found by
+
+    def __str__(self) -> str:
+        what = f"cosign tag {self.tag}" if self.tag else (self.artifact_type or "no artifact type")
+        return f"artifact {self.digest.short()}… ({what})"
+
+
 @dataclass(frozen=True)
 class Target:
-    """An image, and the platform when it came from an index: what a broken blob breaks."""
+    """An image, and the platform when it came from an index: what a broken blob breaks. With `artifact`, an
+    artifact attached to that image (and platform): its breakage counts for the image."""
 
     image: ImageRef
     registry: str
     platform: Optional[Platform] = None
+    artifact: Optional[ArtifactId] = None
 
     def __str__(self) -> str:
-        return f"{self.image} ({self.platform})" if self.platform else str(self.image)
+        image = f"{self.image} ({self.platform})" if self.platform else str(self.image)
+        return f"{self.artifact} of {image}" if self.artifact else image
 
 
 @dataclass(frozen=True)
@@ -74,6 +100,23 @@ class TargetResult:
     manifest_digest: Digest
     blobs: Tuple[Descriptor, ...]
     artifact: bool = False
+
+
+@dataclass(frozen=True)
+class ArtifactResult:
+    """An attached artifact (--referrers, or a signature looked up for --require-signature): what it refers to,
+    the images whose verdicts count it, and its blobs (none when its manifest could not be fetched)."""
+
+    target: Target  # its `artifact` set
+    subject: Digest  # the digest it refers to: the image's, a child's, or another artifact's
+    owners: Tuple[Target, ...]  # the image targets (image and platform) it belongs to
+    blobs: Tuple[Descriptor, ...] = ()
+    resolved: bool = False
+
+    @property
+    def artifact(self) -> ArtifactId:
+        assert self.target.artifact is not None
+        return self.target.artifact
 
 
 @dataclass(frozen=True)
@@ -122,6 +165,9 @@ class ScanResult:
     interrupted: Optional[DeadlineExceeded] = None
     notes: Tuple[str, ...] = ()  # about the whole run, e.g. TLS not verified
     oldest_verification: Optional[float] = None  # seconds, with --state-file: the stalest blob's last deep check
+    artifacts: Tuple[ArtifactResult, ...] = ()
+    attachments: bool = False  # artifacts were looked for (--referrers, --require-signature): perfdata says how many
+    signed: Optional[Tuple[Tuple[Target, bool], ...]] = None  # with a signature required: each image target's answer
 
     @property
     def problems(self) -> Tuple[Finding, ...]:
