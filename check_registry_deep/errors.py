@@ -129,6 +129,23 @@ class UnsupportedDigest(RegistryError):
     state = UNKNOWN
 
 
-class SignatureMissing(RegistryError):
-    """A signature is required (--require-signature, --cosign-key) and the image has none that passes: admission
-    policies refuse it. The message says which: not signed, not verifying with the key, or for another digest."""
+class SignatureProblem(RegistryError):
+    """A signature the user requires is missing, does not verify with the key, or names another image."""
+
+
+class NotSigned(SignatureProblem):
+    """No signature at all where one is required (for --cosign-key: no cosign signature)."""
+
+
+class SignatureInvalid(SignatureProblem):
+    """A signature that does not verify with the key, or a signed document that is not what cosign writes."""
+
+
+class SignatureMismatch(SignatureProblem):
+    """A signature that verifies, but for another digest than the image's."""
+
+    def __init__(self, signed: tuple, expected: object):
+        names = ", ".join(map(str, signed)) or "no digest"
+        super().__init__(f"signature is for {names}, not {expected}")
+        self.signed = signed
+        self.expected = expected

@@ -27,7 +27,10 @@ from .errors import (
     DigestMismatch,
     ManifestInvalid,
     NotFound,
-    SignatureMissing,
+    NotSigned,
+    SignatureInvalid,
+    SignatureMismatch,
+    SignatureProblem,
     SizeMismatch,
     Truncated,
 )
@@ -58,12 +61,11 @@ TOO_MANY_PAGES = f"referrers API: more than {MAX_PAGES} pages; the rest not read
 @dataclass(frozen=True)
 class Policy:
     """What to look for: every referrer (--referrers), a signature (--require-signature), and the key a cosign
-    signature must verify with (--cosign-key; a loaded public key and the file it came from)."""
+    signature must verify with (--cosign-key, loaded: signatures.CosignKey)."""
 
     follow: bool = False
     require_signature: bool = False
     key: Any = None
-    key_name: str = ""
 
     @property
     def enabled(self) -> bool:
@@ -341,7 +343,7 @@ class ReferrerWalker:
                 else:
                     names += signatures.verify_sigstore_bundle(self.policy.key, payload)
                 verified = True
-            except signatures.SignatureInvalid:
+            except SignatureInvalid:
                 continue
         if read:  # the blob plan leaves out what was read here
             for position, planned in enumerate(walk.targets):
@@ -390,15 +392,15 @@ class ReferrerWalker:
         for result in targets:
             subjects = list(dict.fromkeys((top, result.manifest_digest)))
             found = [(subject, e) for subject in subjects for e in evidence.get(subject, [])]
-            error: Optional[str] = None
+            error: Optional[SignatureProblem] = None
             if not found:
-                error = "not signed"
+                error = NotSigned("not signed")
             elif self.policy.key is not None and not any(e.verified and s in e.names for s, e in found):
-                other = next(((s, e.names[0]) for s, e in found if e.verified and e.names), None)
-                error = (f"signature is for {other[1]}, not {other[0]}" if other else
-                         f"signature does not verify with {self.policy.key_name}")
+                other = next(((s, e.names) for s, e in found if e.verified and e.names), None)
+                error = (SignatureMismatch(other[1], other[0]) if other else
+                         SignatureInvalid(f"signature does not verify with {self.policy.key.path}"))
             signed.append((result.target, error is None))
             if error is not None:
-                findings.append(Finding(str(result.manifest_digest), Kind.SIGNATURE, (result.target,),
-                                        error=SignatureMissing(error), repository=result.target.image.repository))
+                findings.append(Finding(str(result.manifest_digest), Kind.SIGNATURE, (result.target,), error=error,
+                                        repository=result.target.image.repository))
         return signed, findings
