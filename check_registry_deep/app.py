@@ -19,10 +19,11 @@ from .deadline import Deadline
 from .errors import UsageError
 from .metrics import Counts, ImageSample, publish
 from .model import ScanResult
-from .options import AccessOptions, CheckOptions
+from .options import AccessOptions, AttachmentOptions, CheckOptions
 from .origin import MARGIN as ORIGIN_MARGIN
 from .origin import OriginChecker
 from .reference import ImageRef
+from .referrers import Policy
 from .report import table, to_json
 from .scan import Scanner
 from .states import CRITICAL, UNKNOWN
@@ -48,7 +49,7 @@ def run_check(options: CheckOptions) -> Tuple[str, int]:
         scanner = Scanner(clients.__getitem__, deadline, workers=options.workers, platforms=options.platforms,
                           discovery=(access.registry, scale.discovery) if scale.discovery and access.registry
                           else None, replicas=scale.replicas, choose_deep=coverage.choose, origin=origin,
-                          progress=progress)
+                          progress=progress, attachments=attachment_policy(options.attachments))
         check = build_check(lambda: remember(scanner.scan(options.images), coverage, access),
                             warning=options.warning, critical=options.critical, timeout_state=options.timeout_state,
                             verbose=options.verbose)
@@ -67,6 +68,16 @@ def run_check(options: CheckOptions) -> Tuple[str, int]:
         return publish(scale.metrics_file, output, check.exitcode, deadline.started, *metrics_of(scan, options.images),
                        text=scale.json != "-")
     return output, check.exitcode
+
+
+def attachment_policy(options: AttachmentOptions) -> Policy:
+    """--referrers, --require-signature, --cosign-key as the scan's policy; the key is read here (cryptography is
+    imported only then), and a bad key file is a usage error."""
+    key = None
+    if options.cosign_key:
+        from .signatures import load_public_key  # noqa: PLC0415
+        key = load_public_key(options.cosign_key)
+    return Policy(options.referrers, options.require_signature, key)
 
 
 def metrics_of(scan: ScanResult, given: Sequence[Tuple[ImageRef, str]]) -> Tuple[Tuple[ImageSample, ...], Counts]:

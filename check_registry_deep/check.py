@@ -15,7 +15,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import nagiosplugin
 
 from .errors import IntegrityError, ManifestInvalid, NotFound
-from .model import Finding, Kind, Mode, OriginCheck, ScanResult, Target, TargetResult
+from .model import ArtifactResult, Finding, Kind, Mode, OriginCheck, ScanResult, Target, TargetResult
 from .states import CRITICAL, EXIT_CODES, NAME, OK, SEVERITY, UNKNOWN, WARNING, status_line, worst
 
 MAX_OUTPUT = 8000  # Nagios cuts plugin output at 8 KiB
@@ -67,8 +67,9 @@ def image_verdicts(scan: ScanResult) -> List[ImageVerdict]:
     missing, the registry down): the one per-image verdict that -v lines, the table and JSON show."""
     states: Dict[Target, str] = {}
     finished: Dict[Target, float] = {}
+    owners = {a.target: a.owners for a in scan.artifacts}  # an attached artifact's breakage is its images'
     for finding in scan.findings:
-        for target in finding.affected:
+        for target in (t for affected in finding.affected for t in owners.get(affected, (affected,))):
             states[target] = worst((states.get(target, OK), judge(finding)))
             finished[target] = max(finished.get(target, 0.0), finding.finished)
     sizes = {f.subject: f.size or 0 for f in scan.findings}
@@ -79,6 +80,30 @@ def image_verdicts(scan: ScanResult) -> List[ImageVerdict]:
     verdicts += [ImageVerdict(target, None, state, 0, finished[target])
                  for target, state in states.items() if target not in resolved]
     return verdicts
+
+
+@dataclass(frozen=True)
+class ArtifactVerdict:
+    """One attached artifact: the worst state of the findings about it, and the first error."""
+
+    artifact: ArtifactResult
+    state: str
+    error: Optional[str]
+    bytes: int
+
+
+def artifact_verdicts(scan: ScanResult) -> List[ArtifactVerdict]:
+    states: Dict[Target, str] = {}
+    errors: Dict[Target, str] = {}
+    for finding in scan.findings:
+        for target in finding.affected:
+            if target.artifact is not None:
+                states[target] = worst((states.get(target, OK), judge(finding)))
+                if finding.error is not None:
+                    errors.setdefault(target, f"{finding.kind} {finding.subject}: {finding.error}")
+    sizes = {f.subject: f.size or 0 for f in scan.findings}
+    return [ArtifactVerdict(a, states.get(a.target, OK), errors.get(a.target),
+                            sum(sizes.get(str(d.digest), d.size or 0) for d in a.blobs)) for a in scan.artifacts]
 
 
 def _images(targets: Sequence[Target]) -> List[str]:
@@ -106,6 +131,9 @@ class RegistryScan(nagiosplugin.Resource):
         yield nagiosplugin.Metric("time", round(result.elapsed, 3), "s", min=0, context="time")
         if result.oldest_verification is not None:
             yield nagiosplugin.Metric("oldest", round(result.oldest_verification), "s", min=0, context="count")
+        if result.attachments:
+            yield nagiosplugin.Metric("artifacts", sum(1 for a in result.artifacts if a.resolved), min=0,
+                                      context="count")
         for i, finding in enumerate(result.problems):
             yield nagiosplugin.Metric(f"finding{i}", finding, context="finding")
         if result.interrupted is not None:
@@ -129,6 +157,8 @@ def describe(finding: Finding) -> str:
     reason = str(finding.error) if finding.error is not None else "; ".join(finding.caveats + finding.notes)
     if not finding.kind.about_content:
         return reason
+    if finding.kind == Kind.SIGNATURE:  # about an image, not a piece of content: the image first
+        return f"image {', '.join(sorted({str(t) for t in finding.affected}))}: {reason} (manifest {finding.subject})"
     text = f"{finding.kind} {finding.subject}: {reason}"
     images = sorted({str(t) for t in finding.affected})
     if images:
@@ -240,6 +270,20 @@ class ScanSummary(nagiosplugin.Summary):
         lines += [f"note: {describe(f)}" for f in scan.findings if f.notes]
         if self.verbose_level >= 1:
             lines += self._image_lines(scan)
+            lines += self._artifact_lines(scan)
+        return lines
+
+    @staticmethod
+    def _artifact_lines(scan: ScanResult) -> List[str]:
+        """A line per attached artifact, by image and platform, in the order found."""
+        lines = []
+        for verdict in sorted(artifact_verdicts(scan), key=lambda v: (str(v.artifact.target.image),
+                                                                       str(v.artifact.target.platform or ""))):
+            artifact = verdict.artifact
+            facts = (f"{len(artifact.blobs)} blobs, {human_bytes(verdict.bytes)}" if artifact.resolved
+                     else "manifest not fetched")
+            lines.append(f"{artifact.target} (subject {artifact.subject.short()}…, {artifact.artifact.found_by}): "
+                         f"{facts}: {IMAGE_WORDS[verdict.state]}")
         return lines
 
     @staticmethod
@@ -263,8 +307,10 @@ def _broken_head(broken: Sequence[Finding]) -> str:
     if any(not f.kind.about_content for f in broken):
         return f"{len(broken)} problem"
     blobs = sum(1 for f in broken if f.kind.blob)
-    counts = ((blobs, "blob"), (len(broken) - blobs, "manifest"))
-    return " and ".join(f"{n} broken {noun}{'s' if n != 1 else ''}" for n, noun in counts if n)
+    signatures = sum(1 for f in broken if f.kind == Kind.SIGNATURE)
+    counts = ((blobs, "broken blob"), (len(broken) - blobs - signatures, "broken manifest"),
+              (signatures, "signature problem"))
+    return " and ".join(f"{n} {noun}{'s' if n != 1 else ''}" for n, noun in counts if n)
 
 
 class RegistryCheck(nagiosplugin.Check):

@@ -54,6 +54,16 @@ class ScaleOptions:
 
 
 @dataclass(frozen=True)
+class AttachmentOptions:
+    """Artifacts attached to the images: every referrer (--referrers), a signature (--require-signature), one that
+    verifies with a cosign public key (--cosign-key FILE, which implies --require-signature)."""
+
+    referrers: bool = False
+    require_signature: bool = False
+    cosign_key: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class CheckOptions:
     """One run: the images (each with the base URL of the registry that serves it) and how to judge them."""
 
@@ -67,4 +77,5 @@ class CheckOptions:
     verbose: int = 0
     access: AccessOptions = AccessOptions()
     scale: ScaleOptions = ScaleOptions()
+    attachments: AttachmentOptions = AttachmentOptions()
     started: Optional[float] = None  # time.monotonic() when the process started: -t counts from there

@@ -9,7 +9,7 @@ import json
 from typing import Dict, List
 
 from . import __version__
-from .check import describe, human_bytes, image_verdicts, judge, origin_verdict
+from .check import artifact_verdicts, describe, human_bytes, image_verdicts, judge, origin_verdict
 from .model import ScanResult
 from .states import SEVERITY
 
@@ -19,6 +19,7 @@ JSON_SCHEMA_VERSION = 1
 def image_rows(scan: ScanResult) -> List[Dict]:
     """One row per image and platform, resolved or not, worst first."""
     rows = []
+    signed = dict(scan.signed or ())
     for verdict in image_verdicts(scan):
         target, result = verdict.target, verdict.resolved
         rows.append({
@@ -27,7 +28,17 @@ def image_rows(scan: ScanResult) -> List[Dict]:
             "artifact": result.artifact if result else False,
             "blobs": [str(d.digest) for d in result.blobs] if result else [],
             "bytes": verdict.bytes, "seconds": round(verdict.seconds, 3), "state": verdict.state.upper()})
+        if scan.signed is not None:
+            rows[-1]["signed"] = signed.get(target, False)
     return sorted(rows, key=lambda r: (-SEVERITY[r["state"].lower()], r["image"], r["platform"]))
+
+
+def artifact_rows(scan: ScanResult) -> List[Dict]:
+    """One row per attached artifact (DESIGN.md §8), in the order found."""
+    return [{"image": str(v.artifact.target.image), "platform": str(v.artifact.target.platform or ""),
+             "subject": str(v.artifact.subject), "digest": str(v.artifact.artifact.digest),
+             "artifact_type": v.artifact.artifact.artifact_type, "found_by": str(v.artifact.artifact.found_by),
+             "state": v.state.upper(), "error": v.error} for v in artifact_verdicts(scan)]
 
 
 def table(scan: ScanResult) -> str:
@@ -56,7 +67,8 @@ def to_json(scan: ScanResult, state: str, summary: str) -> str:
         "state": state.upper(), "summary": summary, "elapsed": round(scan.elapsed, 3),
         "retries": scan.retries, "interrupted": str(scan.interrupted) if scan.interrupted else None,
         "notes": list(scan.notes), "oldest_verification": scan.oldest_verification,
-        "images": image_rows(scan), "content": findings,
+        "images": image_rows(scan), **({"artifacts": artifact_rows(scan)} if scan.attachments else {}),
+        "content": findings,
         "broken": [{"subject": row["subject"], "kind": row["kind"], "error": row["error"], "breaks": row["affects"],
                     "line": describe(finding)} for row, finding in zip(findings, scan.findings) if row["error"]],
         "to_repush": sorted({str(t.image) for f in scan.findings if f.error is not None for t in f.affected}),

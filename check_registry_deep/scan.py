@@ -22,11 +22,12 @@ from .client import RegistryClient
 from .deadline import Deadline
 from .discovery import repositories, tags
 from .errors import DeadlineExceeded, InternalError, RegistryError
-from .model import Finding, Kind, OriginCheck, ScanResult, Target, TargetResult
+from .model import ArtifactResult, Finding, Kind, OriginCheck, ScanResult, Target, TargetResult
 from .options import DiscoveryOptions
 from .origin import NO_TIME, OriginChecker, worth_asking
 from .pool import WorkerPool
 from .reference import Digest, ImageRef, Platform
+from .referrers import Policy, ReferrerWalker
 from .replicas import compare_replica
 from .resolve import Resolver
 from .verify import CHUNK_SIZE
@@ -43,6 +44,7 @@ Job = Tuple[str, Callable[[], JobResult]]
 PING, DISCOVER, TAGS, RESOLVE, BLOBS, REPLICAS = (
     "checking the registry API", "listing repositories and tags", "listing tags", "resolving manifests",
     "verifying blobs", "comparing replicas")
+REFERRERS = "looking for referrers"
 ORIGIN = "asking the origin"
 
 
@@ -63,6 +65,9 @@ class _Lane:
     top_digests: Dict[ImageRef, Digest] = field(default_factory=dict)  # what each image's reference resolved to
     listed: Dict[str, object] = field(default_factory=dict)  # discovery: repository -> its images, or the error
     failures: List[int] = field(default_factory=list)  # with --origin: where its failures are in the findings
+    artifacts: List[ArtifactResult] = field(default_factory=list)  # --referrers, --require-signature
+    artifact_targets: List[TargetResult] = field(default_factory=list)  # their blobs, for the blob plan
+    signed: List[Tuple[Target, bool]] = field(default_factory=list)
 
     def describe(self, named: bool) -> str:
         text = self.stages[self.stage] + (f" at {self.registry}" if named else "") + \
@@ -81,11 +86,11 @@ class Scanner:
                  platforms: Sequence[Platform] = (), chunk_size: int = CHUNK_SIZE,
                  discovery: Optional[Tuple[str, DiscoveryOptions]] = None, replicas: Sequence[str] = (),
                  choose_deep: Optional[Chooser] = None, origin: Optional[OriginChecker] = None,
-                 progress: Optional[Callable[[str, int, int, int], None]] = None):
+                 progress: Optional[Callable[[str, int, int, int], None]] = None, attachments: Policy = Policy()):
         """`discovery` (registry, what) lists more images there; `replicas` are compared with the first registry;
         `choose_deep` picks the blobs to GET and hash (the others are only HEADed); `origin` asks the origin behind
         its registry about every failure there; `progress(stage, done, total, bytes)` hears about every finished
-        job."""
+        job. `attachments` says whether to look for referrers and signatures."""
         self.client_for = clients
         self.deadline = deadline
         self.workers = workers
@@ -97,6 +102,8 @@ class Scanner:
         self.origin_checks: Dict[int, OriginCheck] = {}  # position in the findings -> the origin's answer
         self.cancelled = threading.Event()
         self.resolver = Resolver(deadline, platforms)
+        self.attachments = attachments
+        self.walker = ReferrerWalker(attachments, deadline, self.resolver)
         self.blobs = BlobChecker(deadline, self.cancelled, chunk_size)
         self._completed: queue.Queue[concurrent.futures.Future] = queue.Queue()
         self._lock = threading.Lock()
@@ -111,6 +118,9 @@ class Scanner:
             lanes[self.discovery[0]] = _Lane(self.discovery[0], [], [PING, DISCOVER, TAGS, RESOLVE, BLOBS])
         for ref, registry in images:
             lanes.setdefault(registry, _Lane(registry, [])).images.append(ref)
+        if self.attachments.enabled:
+            for lane in lanes.values():
+                lane.stages.insert(lane.stages.index(BLOBS), REFERRERS)
         if self.replicas:
             next(iter(lanes.values())).stages.append(REPLICAS)
         if self.origin and self.origin.registry in lanes:
@@ -173,7 +183,11 @@ class Scanner:
                 check = self.origin_checks.get(position, OriginCheck(origin.address, skipped=NO_TIME))
                 findings[position] = dataclasses.replace(findings[position], origin=check)
         return ScanResult(tuple(ref for lane in lanes.values() for ref in lane.images), tuple(targets),
-                          tuple(findings), self.deadline.elapsed(), retries, interrupted)
+                          tuple(findings), self.deadline.elapsed(), retries, interrupted,
+                          artifacts=tuple(a for lane in lanes.values() for a in lane.artifacts),
+                          attachments=self.attachments.enabled,
+                          signed=tuple(s for lane in lanes.values() for s in lane.signed)
+                          if self.attachments.require_signature else None)
 
     def _advance(self, lane: _Lane, pool: WorkerPool, owner: Dict[concurrent.futures.Future, Tuple[_Lane, str]],
                  findings: List[Finding]) -> None:
@@ -205,9 +219,11 @@ class Scanner:
         if stage == RESOLVE:
             return [(f"manifest of {ref}", functools.partial(self._resolve, ref, lane))
                     for ref in dict.fromkeys(lane.images)]
+        if stage == REFERRERS:
+            return [(f"referrers of {ref}", functools.partial(self._referrers, ref, lane)) for ref in lane.top_digests]
         if stage == BLOBS:
             return [(work.label(), functools.partial(self._check_blob, work))
-                    for work in plan(lane.targets, self.choose_deep)]
+                    for work in plan(lane.targets + lane.artifact_targets, self.choose_deep)]
         if stage == ORIGIN:
             assert self.origin is not None
             self.origin.charge(sum(f.bytes_read for f in findings))
@@ -291,6 +307,15 @@ class Scanner:
             with self._lock:
                 lane.top_digests[ref] = resolution.digest
         return list(resolution.targets), list(resolution.findings)
+
+    def _referrers(self, ref: ImageRef, lane: _Lane) -> JobResult:
+        targets = [t for t in lane.targets if t.target.image == ref]
+        walk = self.walker.walk(self.client_for(lane.registry), ref, lane.top_digests[ref], targets)
+        with self._lock:
+            lane.artifacts += walk.artifacts
+            lane.artifact_targets += walk.targets
+            lane.signed += walk.signed
+        return [], walk.findings
 
     def _check_blob(self, work: BlobWork) -> JobResult:
         return [], self.blobs.check(self.client_for(work.registry), work)
