@@ -346,6 +346,9 @@ def _short(finding: Finding) -> str:
     subject = finding.subject
     if ":" in subject and len(subject) > 30 and "/" not in subject:
         subject = subject[: subject.index(":") + 13] + "…"
+    artifacts = list(dict.fromkeys(t.artifact.what for t in finding.affected if t.artifact is not None))
+    if artifacts:  # content of an attached artifact: say which kind (an SBOM, a signature)
+        subject += f" ({artifacts[0]})"
     return f"{finding.kind} {subject} {_cut(reason, 64)}"
 
 

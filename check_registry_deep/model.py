@@ -73,8 +73,15 @@ class ArtifactId:
     tag: str = ""  # the cosign tag it was found by
 
     def __str__(self) -> str:
-        what = f"cosign tag {self.tag}" if self.tag else (self.artifact_type or "no artifact type")
-        return f"artifact {self.digest.short()}… ({what})"
+        return f"artifact {self.digest.short()}… ({self.what})"
+
+    @property
+    def what(self) -> str:
+        """Its type, or the cosign tag it was found by (shortened: `cosign tag sha256-1840233422f5….sig`)."""
+        if self.tag:
+            stem, dot, suffix = self.tag.rpartition(".")
+            return f"cosign tag {stem[:19]}…{dot}{suffix}"
+        return self.artifact_type or "no artifact type"
 
 
 @dataclass(frozen=True)

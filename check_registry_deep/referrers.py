@@ -47,7 +47,8 @@ from .signatures import (
 
 #: Referrers of referrers of ...: how deep the walk goes below an image (1: only the image's own referrers).
 MAX_DEPTH = 3
-#: Artifacts verified per image; the rest are counted and said (`N referrers not verified: bound reached`).
+#: Artifacts from referrers lists verified per image; the rest are counted and said (`N referrers not verified:
+#: bound reached`). Cosign's tags come on top (at most three a subject).
 MAX_ARTIFACTS = 64
 #: Pages of the referrers API read per subject.
 MAX_PAGES = 16
@@ -138,7 +139,8 @@ class ReferrerWalker:
                 if item.artifact.digest in seen:
                     continue  # found two ways, or a cycle: verified once, reported with the first
                 seen.add(item.artifact.digest)
-                if len(walk.artifacts) >= MAX_ARTIFACTS:
+                if len(walk.artifacts) >= MAX_ARTIFACTS and item.artifact.found_by != FoundBy.COSIGN:
+                    # a long list must not crowd out cosign's own tags (three a subject at most): the signature
                     skipped += 1
                     continue
                 result, blobs, findings = self.verify(client, ref, item, subject, owners, where)
