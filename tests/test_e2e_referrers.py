@@ -26,7 +26,7 @@ from registry_lab.artifacts import (
     seed_attached,
     write_fallback_index,
 )
-from registry_lab.images import Layer, random_bytes
+from registry_lab.images import Image, Layer, random_bytes
 from registry_lab.signing import KeyPair
 
 pytestmark = pytest.mark.e2e
@@ -219,25 +219,19 @@ def test_link_pointing_back_at_the_same_page_is_a_warning(plugin, attached, regi
 
 
 def test_two_artifacts_referring_to_each_other_end(plugin, attached, registry):
-    """A refers to the image and to B's digest; B refers to A: the walk sees each once."""
+    """A refers to the image, B to A (its subject), and B's referrers list names A: the walk sees each once."""
     app = attached.seeded.images["app"]
     first = push_referrer(registry, app, SPDX, b"{\"first\": 1}")
-    from registry_lab.images import Image  # noqa: PLC0415
-
-    a = Image("lab/app", None, first.digest, first.media_type)
-    second = push_referrer(registry, a, SPDX, b"{\"second\": 2}")
-    b = Image("lab/app", None, second.digest, second.media_type)
-    registry.delete_tag("lab/app", fallback_tag(first.digest)) if registry.tag_dir(
-        "lab/app", fallback_tag(first.digest)).exists() else None
-    write_fallback_index(registry, "lab/app", second.digest, [first.descriptor()])  # B's referrers list A
+    second = push_referrer(registry, Image("lab/app", None, first.digest, first.media_type), SPDX, b"{\"second\": 2}")
     write_fallback_index(registry, "lab/app", first.digest, [second.descriptor()])
+    write_fallback_index(registry, "lab/app", second.digest, [first.descriptor()])
     registry.delete_tag("lab/app", fallback_tag(app.digest))
     write_fallback_index(registry, "lab/app", app.digest, [first.descriptor()])
-    del b
     run = plugin("-R", registry.url, "-i", app.ref, "--referrers", "--json", "-", "-t", "20")
     assert run.code == 0, run.stdout
-    found = [r["digest"] for r in json.loads(run.stdout)["artifacts"]]
-    assert found.count(first.digest) == 1 and found.count(second.digest) == 1, found
+    found = [(r["digest"], r["subject"]) for r in json.loads(run.stdout)["artifacts"]]
+    assert found == [(first.digest, app.digest), (attached.seeded.artifacts["sig"].digest, app.digest),
+                     (second.digest, first.digest)], found  # breadth first: the image's own referrers come first
 
 
 def test_referrers_page_over_4_mib_is_refused_not_read_on(plugin, attached, registry):
