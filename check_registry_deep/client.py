@@ -10,7 +10,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Optional, Tuple
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3.exceptions
@@ -193,10 +193,10 @@ class RegistryClient:
             raise ManifestInvalid(f"{what}: Link to another place refused")
         return target.path + (f"?{target.query}" if target.query else "")
 
-    def referrers_path(self, repository: str, digest: Digest, artifact_type: str = "") -> str:
-        """The path of the OCI 1.1 referrers API for `digest`; `artifact_type` asks the registry to filter."""
-        path = f"/v2/{validate_repository(repository)}/referrers/{digest}"
-        return path + (f"?{urlencode({'artifactType': artifact_type})}" if artifact_type else "")
+    @staticmethod
+    def referrers_path(repository: str, digest: Digest) -> str:
+        """The path of the OCI 1.1 referrers API for `digest`, unfiltered: we want every referrer."""
+        return f"/v2/{validate_repository(repository)}/referrers/{digest}"
 
     def get_referrers(self, path: str) -> ReferrersPage:
         """One page of the referrers API (from referrers_path or a previous page's `next`): an index, capped at

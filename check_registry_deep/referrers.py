@@ -57,6 +57,7 @@ COSIGN_SUFFIXES = (".sig", ".att", ".sbom")
 BOUND_REACHED = "{count} referrers not verified: bound reached"
 LINK_LOOP = "referrers API: its Link header points back at a page already read; the rest not read"
 TOO_MANY_PAGES = f"referrers API: more than {MAX_PAGES} pages; the rest not read: bound reached"
+FILTERED = "referrers API applied filters nobody asked for ({filters}): its list may leave referrers out"
 
 
 @dataclass(frozen=True)
@@ -208,10 +209,10 @@ class ReferrerWalker:
         read: Set[str] = set()
         while path is not None:
             if path in read:
-                caveats = (LINK_LOOP,)
+                caveats += (LINK_LOOP,)
                 break
             if len(read) >= MAX_PAGES:
-                caveats = (TOO_MANY_PAGES,)
+                caveats += (TOO_MANY_PAGES,)
                 break
             read.add(path)
             try:
@@ -226,6 +227,8 @@ class ReferrerWalker:
                     raise ManifestInvalid(f"referrers page {path.split('?')[0]} is not an OCI index")
                 return self.fallback(client, ref, subject), FoundBy.TAG, ()
             entries += index.manifests
+            if page.filters_applied:  # we ask unfiltered; a list filtered anyway is not the whole list
+                caveats = tuple(dict.fromkeys(caveats + (FILTERED.format(filters=", ".join(page.filters_applied)),)))
             path = page.next_path
         return tuple(entries), FoundBy.API, caveats
 
