@@ -12,7 +12,7 @@ import nagiosplugin
 import urllib3
 
 from .auth import load_credentials
-from .check import build_check, image_verdicts, judge, render
+from .check import build_check, image_verdicts, judge, render, verified_artifacts
 from .client import RegistryClient
 from .coverage import Coverage
 from .deadline import Deadline
@@ -85,15 +85,17 @@ def metrics_of(scan: ScanResult, given: Sequence[Tuple[ImageRef, str]]) -> Tuple
     WARNING; none when UNKNOWN, not judged), and counts; images found by discovery are only counted, so the
     series stay bounded."""
     named = {(str(ref), registry) for ref, registry in given}
+    signed = dict(scan.signed) if scan.signed is not None else None
     samples = tuple(ImageSample(v.target.registry, str(v.target.image), str(v.target.platform or ""),
-                                v.state != CRITICAL)
+                                v.state != CRITICAL, None if signed is None else signed.get(v.target, False))
                     for v in image_verdicts(scan)
                     if (str(v.target.image), v.target.registry) in named and v.state != UNKNOWN)
     given_refs = {ref for ref, _ in given}
     verified = scan.verified_blobs
     broken = [f for f in scan.findings if f.kind.about_content and judge(f) == CRITICAL]
     return samples, Counts(len(scan.images), sum(1 for ref in scan.images if ref not in given_refs), len(broken),
-                           len(verified), sum(f.bytes_read for f in verified), scan.retries, scan.oldest_verification)
+                           len(verified), sum(f.bytes_read for f in verified), scan.retries, scan.oldest_verification,
+                           len(verified_artifacts(scan)) if scan.attachments else None)
 
 
 def make_clients(registries: Sequence[str], deadline: Deadline, workers: int, access: AccessOptions,

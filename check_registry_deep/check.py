@@ -10,7 +10,7 @@ off line 1 above it, while an on-call SRE needs the broken blobs in the notifica
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import nagiosplugin
 
@@ -106,6 +106,12 @@ def artifact_verdicts(scan: ScanResult) -> List[ArtifactVerdict]:
                             sum(sizes.get(str(d.digest), d.size or 0) for d in a.blobs)) for a in scan.artifacts]
 
 
+def verified_artifacts(scan: ScanResult) -> Set[Tuple[str, str]]:
+    """Distinct artifacts (registry, digest) whose manifest and blobs all verified."""
+    return {(v.artifact.target.registry, str(v.artifact.artifact.digest)) for v in artifact_verdicts(scan)
+            if v.artifact.resolved and v.error is None}
+
+
 def _images(targets: Sequence[Target]) -> List[str]:
     return list(dict.fromkeys(str(t.image) for t in targets))
 
@@ -132,8 +138,7 @@ class RegistryScan(nagiosplugin.Resource):
         if result.oldest_verification is not None:
             yield nagiosplugin.Metric("oldest", round(result.oldest_verification), "s", min=0, context="count")
         if result.attachments:
-            yield nagiosplugin.Metric("artifacts", sum(1 for a in result.artifacts if a.resolved), min=0,
-                                      context="count")
+            yield nagiosplugin.Metric("artifacts", len(verified_artifacts(result)), min=0, context="count")
         for i, finding in enumerate(result.problems):
             yield nagiosplugin.Metric(f"finding{i}", finding, context="finding")
         if result.interrupted is not None:

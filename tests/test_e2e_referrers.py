@@ -274,3 +274,24 @@ def test_embedded_data_that_does_not_match_is_critical(plugin, attached, registr
     run = plugin("-R", registry.url, "-i", app.ref, "--referrers")
     assert run.code == 2, run.stdout
     assert "config sha256:" in run.lines[1] and "embedded data hashes to sha256:" in run.lines[1], run.stdout
+
+
+def test_metrics_say_which_image_is_signed_and_how_many_artifacts_verified(plugin, attached, registry, tmp_path):
+    metrics = tmp_path / "signed.prom"
+    run = plugin("-R", registry.url, "-i", attached.seeded.ref("app"), "-i", attached.seeded.ref("plain"),
+                 "--referrers", "--cosign-key", str(attached.key), "--metrics-file", str(metrics))
+    assert run.code == 2, run.stdout
+    samples = {line.rsplit(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in metrics.read_text().splitlines()
+               if line.startswith(("registry_deep_image_signed", "registry_deep_verified_artifacts"))}
+    url = registry.url
+    assert samples == {
+        f'registry_deep_image_signed{{check="signed",image="lab/app:1.0",platform="",registry="{url}"}}': "1.0",
+        f'registry_deep_image_signed{{check="signed",image="lab/plain:1.0",platform="",registry="{url}"}}': "0.0",
+        'registry_deep_verified_artifacts{check="signed"}': "2.0"}
+
+
+def test_without_the_flags_no_artifact_metrics(plugin, attached, registry, tmp_path):
+    metrics = tmp_path / "plain.prom"
+    plugin("-R", registry.url, "-i", attached.seeded.ref("app"), "--metrics-file", str(metrics))
+    assert "registry_deep_image_signed" not in metrics.read_text()
+    assert "registry_deep_verified_artifacts" not in metrics.read_text()
