@@ -115,6 +115,9 @@ class ReferrerWalker:
         self.policy = policy
         self.deadline = deadline
         self.resolver = resolver
+        #: Registries whose referrers API answered 404: they have none (a registry with the API must not answer
+        #: 404, the distribution spec says), so their other subjects go straight to the fallback tag.
+        self.without_api: Set[str] = set()
 
     def walk(self, client: RegistryClient, ref: ImageRef, top: Digest, targets: Sequence[TargetResult]) -> Walk:
         """`top` is what `ref` resolved to; `targets` its image manifests (one per selected platform). A referrer of
@@ -207,6 +210,8 @@ class ReferrerWalker:
         caveats: Tuple[str, ...] = ()
         path: Optional[str] = client.referrers_path(ref.repository, subject)
         read: Set[str] = set()
+        if client.base_url in self.without_api:
+            return self.fallback(client, ref, subject), FoundBy.TAG, ()
         while path is not None:
             if path in read:
                 caveats += (LINK_LOOP,)
@@ -220,6 +225,7 @@ class ReferrerWalker:
             except NotFound:
                 if entries:
                     raise
+                self.without_api.add(client.base_url)
                 return self.fallback(client, ref, subject), FoundBy.TAG, ()
             index = self._index(page.body, page.content_type)
             if index is None:

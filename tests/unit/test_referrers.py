@@ -218,3 +218,14 @@ def test_with_a_key_a_signature_that_does_not_verify_or_names_another_digest_fai
 def test_without_a_key_a_signature_found_is_enough():
     signed, findings = signed_verdicts(Policy(require_signature=True), {IMAGE: [Evidence(None)]})
     assert [s for _, s in signed] == [True] and findings == []
+
+
+def test_a_registry_whose_api_answered_404_is_not_asked_again(mock):
+    other = Digest.of(b"another subject")
+    api(mock, b"404 page not found", 404, content_type="text/plain")
+    for subject in (IMAGE, other):
+        tag(mock, cosign_tag(subject), b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}', 404)
+    one = walker()
+    for subject in (IMAGE, other):
+        assert one.list_referrers(client(), REF, subject) == ((), FoundBy.TAG, ())
+    assert [url for url in asked(mock) if "/referrers/" in url] == [f"/v2/team/app/referrers/{IMAGE}"]
