@@ -4,7 +4,7 @@ an artifact found two ways, signatures only, and the per-image signature verdict
 from __future__ import annotations
 
 import json
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import pytest
 import responses
@@ -34,19 +34,6 @@ REF = ImageRef.parse("team/app:1")
 IMAGE = Digest.of(b"the image")
 SPDX = "application/spdx+json"
 FAST = RetryPolicy(attempts=2, backoff=0.01, max_wait=0.05)
-
-
-@pytest.fixture(autouse=True)
-def no_proxy_from_the_environment(monkeypatch) -> None:
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-
-
-@pytest.fixture
-def mock() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield rsps
 
 
 def walker(policy: Policy = Policy(follow=True)) -> ReferrerWalker:
