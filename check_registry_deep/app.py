@@ -132,6 +132,7 @@ def origin_checker(options: CheckOptions, deadline: Deadline) -> Optional[Origin
 def remember(scan: ScanResult, coverage: Coverage, access: AccessOptions) -> ScanResult:
     """Record what was verified in the state file; add the run-wide notes and the stalest verification's age."""
     seen = [(t.target.registry, d.digest) for t in scan.targets for d in t.blobs if not d.foreign]
+    seen += [(a.target.registry, d.digest) for a in scan.artifacts for d in a.blobs if not d.foreign]
     # keyed by (registry, digest): a blob verified in one registry says nothing of another's copy
     verified_keys = {(t.registry, f.subject) for f in scan.verified_blobs for t in f.affected}
     verified = [(registry, digest) for registry, digest in seen if (registry, str(digest)) in verified_keys]

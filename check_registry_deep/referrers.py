@@ -153,8 +153,10 @@ class ReferrerWalker:
                 if blobs:
                     walk.targets.append(TargetResult(result.target, item.artifact.digest, blobs, artifact=True))
                 if result.resolved and self.policy.require_signature and self._is_signature(item, result):
-                    walk.signatures.setdefault(subject, []).append(
-                        self.evidence(client, ref, result, walk) if self.policy.key is not None else Evidence(None))
+                    evidence = self.evidence(client, ref, result, walk) if self.policy.key is not None else \
+                        Evidence(None)
+                    if evidence is not None:
+                        walk.signatures.setdefault(subject, []).append(evidence)
                 if result.resolved and self.policy.follow and depth < MAX_DEPTH:
                     queue.append((item.artifact.digest, owners, where, depth + 1))
         if skipped:
@@ -329,9 +331,11 @@ class ReferrerWalker:
             return True
         return any(d.media_type in (SIMPLE_SIGNING_MEDIA_TYPE, SIGSTORE_BUNDLE_TYPE) for d in result.blobs)
 
-    def evidence(self, client: RegistryClient, ref: ImageRef, result: ArtifactResult, walk: Walk) -> Evidence:
-        """Does any of the signature's layers verify with the key, and which digests does it name? Its payloads
-        are read here (and counted as verified blobs), not again by the blob plan."""
+    def evidence(self, client: RegistryClient, ref: ImageRef, result: ArtifactResult, walk: Walk
+                 ) -> Optional[Evidence]:
+        """Does any of the signature's layers verify with the key, and which digests does it name? None when it
+        has no cosign layer (a Notary signature: not one a cosign key can pass). Its payloads are read here (and
+        counted as verified blobs), not again by the blob plan."""
         from . import signatures  # noqa: PLC0415 (cryptography only with a key)
 
         names: List[Digest] = []
@@ -356,11 +360,12 @@ class ReferrerWalker:
                 verified = True
             except SignatureInvalid:
                 continue
-        if read:  # the blob plan leaves out what was read here
-            for position, planned in enumerate(walk.targets):
-                if planned.target == result.target:
-                    walk.targets[position] = TargetResult(planned.target, planned.manifest_digest, tuple(
-                        d for d in planned.blobs if d.digest not in read), artifact=True)
+        if not read:
+            return None
+        for position, planned in enumerate(walk.targets):  # the blob plan leaves out what was read here
+            if planned.target == result.target:
+                walk.targets[position] = TargetResult(planned.target, planned.manifest_digest, tuple(
+                    d for d in planned.blobs if d.digest not in read), artifact=True)
         return Evidence(verified, tuple(names))
 
     def read_small_blob(self, client: RegistryClient, ref: ImageRef, descriptor: Descriptor, target: Target,

@@ -22,6 +22,7 @@ from registry_lab.artifacts import (
     fallback_tag,
     garbage_collect,
     push_artifact_manifest,
+    push_fallback_index,
     push_referrer,
     seed_attached,
     write_fallback_index,
@@ -295,3 +296,17 @@ def test_without_the_flags_no_artifact_metrics(plugin, attached, registry, tmp_p
     plugin("-R", registry.url, "-i", attached.seeded.ref("app"), "--metrics-file", str(metrics))
     assert "registry_deep_image_signed" not in metrics.read_text()
     assert "registry_deep_verified_artifacts" not in metrics.read_text()
+
+
+def test_a_notary_signature_counts_as_a_signature_but_not_for_a_cosign_key(plugin, attached, registry):
+    plain = attached.seeded.images["plain"]
+    notary = push_referrer(registry, plain, "application/vnd.cncf.notary.signature", b"not really a JWS",
+                           layer_media_type="application/jose+json")
+    push_fallback_index(registry, plain, [notary])
+    required = plugin("-R", registry.url, "-i", plain.ref, "--require-signature")
+    assert (required.code, masked(required.first)) == (0, (
+        "REGISTRY_DEEP OK - 1 image, 4 blobs, <size> <time> | artifacts=1;;;0 blobs=4;;;0 bytes=<n>B;;;0 "
+        "failed=0;;;0 images=1;;;0 retries=0;;;0 <time>;;;0"))
+    keyed = plugin("-R", registry.url, "-i", plain.ref, "--cosign-key", str(attached.key))
+    assert keyed.code == 2, keyed.stdout
+    assert keyed.lines[1] == f"CRITICAL: image lab/plain:1.0: not signed (manifest {plain.digest})"
