@@ -35,7 +35,8 @@ class Kind(_Word):
     REGISTRY = "registry"  # the registry itself: unreachable, refused us, or its listing failed
     INTERNAL = "internal"  # a bug of ours in one job
     DEADLINE = "deadline"  # the run's -t deadline
-    SIGNATURE = "signature"  # an image's required signature: missing, not verifying with the key, or for another
+    SIGNATURE = "signature"  # an image's required signature: missing, not verifying with the key, for another digest
+    REFERRERS = "referrers"  # a subject's list of referrers (the referrers API, the fallback tag)
 
     @property
     def blob(self) -> bool:
@@ -44,7 +45,7 @@ class Kind(_Word):
     @property
     def about_content(self) -> bool:
         """Whether the finding names content (a blob or manifest), rather than the run or the registry."""
-        return self in (Kind.LAYER, Kind.CONFIG, Kind.MANIFEST, Kind.SIGNATURE)
+        return self in (Kind.LAYER, Kind.CONFIG, Kind.MANIFEST, Kind.SIGNATURE, Kind.REFERRERS)
 
 
 class Mode(_Word):

@@ -160,7 +160,7 @@ class ReferrerWalker:
                 if result.resolved and self.policy.follow and depth < MAX_DEPTH:
                     queue.append((item.artifact.digest, owners, where, depth + 1))
         if skipped:
-            walk.findings.append(Finding(str(top), Kind.MANIFEST, owners_all, repository=ref.repository,
+            walk.findings.append(Finding(str(top), Kind.REFERRERS, owners_all, repository=ref.repository,
                                          caveats=(BOUND_REACHED.format(count=skipped),)))
         if self.policy.require_signature:
             walk.signed, missing = self.judge_signatures(top, targets, walk.signatures)
@@ -181,9 +181,8 @@ class ReferrerWalker:
             raise
         except CheckError as exc:
             entries, found_by, caveats = (), FoundBy.API, ()
-            findings.append(Finding(f"referrers of {subject}", Kind.MANIFEST, owners, error=exc,
-                                    repository=ref.repository))
-        findings += [Finding(str(subject), Kind.MANIFEST, owners, caveats=(c,), repository=ref.repository)
+            findings.append(Finding(str(subject), Kind.REFERRERS, owners, error=exc, repository=ref.repository))
+        findings += [Finding(str(subject), Kind.REFERRERS, owners, caveats=(c,), repository=ref.repository)
                      for c in caveats]
         for entry in entries:
             if signatures_only and entry.artifact_type not in SIGNATURE_ARTIFACT_TYPES:

@@ -212,9 +212,9 @@ def test_link_pointing_back_at_the_same_page_is_a_warning(plugin, attached, regi
         referrer_requests = [r for r in front.requests if "/referrers/" in r["path"]]
     app = attached.seeded.images["app"].digest
     assert run.code == 1, run.stdout
-    assert run.first.startswith(f"REGISTRY_DEEP WARNING - 3 warnings: manifest {app[:19]}… referrers API: its Link "
+    assert run.first.startswith(f"REGISTRY_DEEP WARNING - 3 warnings: referrers {app[:19]}… referrers API: its Link "
                                 "header points back"), run.first  # the image's and its two artifacts' lists
-    assert run.lines[1] == (f"WARNING: manifest {app}: referrers API: its Link header points back at a page already "
+    assert run.lines[1] == (f"WARNING: referrers {app}: referrers API: its Link header points back at a page already "
                             f"read; the rest not read - affects lab/app:1.0")
     assert len(referrer_requests) <= 2 * 4  # the image's page twice, then its artifacts': bounded
 
@@ -242,7 +242,7 @@ def test_referrers_page_over_4_mib_is_refused_not_read_on(plugin, attached, regi
         run = plugin("-R", front.url, "-i", attached.seeded.ref("app"), "--referrers", "-t", "20")
     app = attached.seeded.images["app"].digest
     assert run.code == 2, run.stdout
-    assert run.lines[1] == f"CRITICAL: manifest referrers of {app}: referrers page /v2/lab/app/referrers/{app} " \
+    assert run.lines[1] == f"CRITICAL: referrers {app}: referrers page /v2/lab/app/referrers/{app} " \
                            f"exceeds the 4 MiB cap - breaks lab/app:1.0", run.stdout
 
 
@@ -254,7 +254,7 @@ def test_fallback_index_over_4_mib_the_registry_will_not_serve(plugin, attached,
     write_fallback_index(registry, "lab/app", app.digest, entries)
     run = plugin("-R", registry.url, "-i", app.ref, "--referrers", "-t", "20")
     assert run.code == 2, run.stdout
-    assert run.lines[1] == f"CRITICAL: manifest referrers of {app.digest}: 500 UNKNOWN (unknown error) - " \
+    assert run.lines[1] == f"CRITICAL: referrers {app.digest}: 500 UNKNOWN (unknown error) - " \
                            f"breaks lab/app:1.0", run.stdout
 
 
