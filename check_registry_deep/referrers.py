@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Deque, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 from .client import RegistryClient
 from .deadline import Deadline
+from .discovery import tags
 from .errors import (
     CheckError,
     DeadlineExceeded,
@@ -36,6 +38,7 @@ from .errors import (
 )
 from .manifests import MAX_MANIFEST_BYTES, OCI_INDEX, Descriptor, ImageManifest, IndexManifest, Manifest, parse_manifest
 from .model import ArtifactId, ArtifactResult, Finding, FoundBy, Kind, Mode, Target, TargetResult
+from .options import DiscoveryOptions
 from .reference import Digest, ImageRef
 from .resolve import Resolver
 from .signatures import (
@@ -95,6 +98,15 @@ class Walk:
     signed: List[Tuple[Target, bool]] = field(default_factory=list)
 
 
+@dataclass
+class _TagList:
+    """A repository's tags, listed at most once a run (by the first walk that needs them)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    done: bool = False
+    tags: Optional[FrozenSet[str]] = None
+
+
 @dataclass(frozen=True)
 class Evidence:
     """One signature found for a subject: whether it verified with the key (None: no key given) and the digests
@@ -118,6 +130,8 @@ class ReferrerWalker:
         #: Registries whose referrers API answered 404: they have none (a registry with the API must not answer
         #: 404, the distribution spec says), so their other subjects go straight to the fallback tag.
         self.without_api: Set[str] = set()
+        self._lock = threading.Lock()
+        self._tag_lists: Dict[Tuple[str, str], _TagList] = {}
 
     def walk(self, client: RegistryClient, ref: ImageRef, top: Digest, targets: Sequence[TargetResult]) -> Walk:
         """`top` is what `ref` resolved to; `targets` its image manifests (one per selected platform). A referrer of
@@ -190,6 +204,8 @@ class ReferrerWalker:
             listed.append(Listed(ArtifactId(entry.digest, entry.artifact_type, found_by), entry.size))
         for suffix in COSIGN_SUFFIXES[:1] if signatures_only else COSIGN_SUFFIXES:
             tag = cosign_tag(subject, suffix)
+            if not self._tagged(client, ref, tag):
+                continue
             try:
                 manifest, digest = self.resolver.fetch(client, ref, tag, None)
             except NotFound:
@@ -239,8 +255,33 @@ class ReferrerWalker:
             path = page.next_path
         return tuple(entries), FoundBy.API, caveats
 
+    def tags_of(self, client: RegistryClient, repository: str) -> Optional[FrozenSet[str]]:
+        """The repository's tags, listed once per run: one request (a page) tells which of the fallback and cosign
+        tags exist, where asking for each would cost four GETs an image, nearly all 404. None when the listing
+        fails: then each tag is asked for itself."""
+        with self._lock:
+            listing = self._tag_lists.setdefault((client.base_url, repository), _TagList())
+        with listing.lock:
+            if not listing.done:
+                try:
+                    listing.tags = frozenset(str(ref.tag) for ref in tags(
+                        DiscoveryOptions((repository,)), client, repository))
+                except DeadlineExceeded:
+                    raise
+                except CheckError:
+                    listing.tags = None
+                listing.done = True
+            return listing.tags
+
+    def _tagged(self, client: RegistryClient, ref: ImageRef, tag: str) -> bool:
+        """Whether `tag` may exist: not when the repository's tag list, read once, does not have it."""
+        listed = self.tags_of(client, ref.repository)
+        return listed is None or tag in listed
+
     def fallback(self, client: RegistryClient, ref: ImageRef, subject: Digest) -> Tuple[Descriptor, ...]:
         """The fallback tag `sha256-<hex>`: an index listing the referrers (none when the tag does not exist)."""
+        if not self._tagged(client, ref, cosign_tag(subject)):
+            return ()
         try:
             manifest, _ = self.resolver.fetch(client, ref, cosign_tag(subject), None)
         except NotFound:

@@ -66,9 +66,13 @@ def tag(mock, name: str, body: bytes, status: int = 200) -> None:
              content_type=OCI_INDEX if status == 200 else "application/json")
 
 
+def tag_list(mock, *names: str) -> None:
+    """The repository's tags: only these (and "1") may be asked for."""
+    mock.add(responses.GET, f"{BASE}/v2/team/app/tags/list", json={"name": "team/app", "tags": ["1", *names]})
+
+
 def no_cosign_tags(mock) -> None:
-    for suffix in (".sig", ".att", ".sbom"):
-        tag(mock, cosign_tag(IMAGE, suffix), b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}', 404)
+    tag_list(mock)
 
 
 def asked(mock) -> List[str]:
@@ -91,7 +95,7 @@ def test_api_answering_means_the_fallback_tag_is_not_asked(mock):
 def test_api_404_or_not_an_index_falls_back_to_the_tag(mock, status, body, content_type):
     api(mock, body, status, content_type=content_type)
     tag(mock, cosign_tag(IMAGE), index(entry("sbom")))
-    no_cosign_tags(mock)
+    tag_list(mock, cosign_tag(IMAGE))
     listed, findings = walker().discover(client(), REF, IMAGE, (), signatures_only=False)
     assert [item.artifact.found_by for item in listed] == [FoundBy.TAG]
     assert findings == []
@@ -99,9 +103,32 @@ def test_api_404_or_not_an_index_falls_back_to_the_tag(mock, status, body, conte
 
 def test_no_api_and_no_fallback_tag_is_no_referrers(mock):
     api(mock, b"404 page not found", 404, content_type="text/plain")
-    tag(mock, cosign_tag(IMAGE), b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}', 404)
     no_cosign_tags(mock)
     assert walker().discover(client(), REF, IMAGE, (), signatures_only=False) == ([], [])
+    assert not any("/manifests/" in url for url in asked(mock))  # the tag list said: none of them exists
+
+
+def test_the_tag_list_is_read_once_and_a_listed_tag_that_is_gone_is_none(mock):
+    api(mock, b"404 page not found", 404, content_type="text/plain")
+    tag_list(mock, cosign_tag(IMAGE), cosign_tag(IMAGE, ".sig"))
+    for name in (cosign_tag(IMAGE), cosign_tag(IMAGE, ".sig")):  # deleted since the list was read
+        tag(mock, name, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}', 404)
+    one = walker()
+    for _ in range(2):
+        assert one.discover(client(), REF, IMAGE, (), signatures_only=False) == ([], [])
+    assert asked(mock).count("/v2/team/app/tags/list") == 1
+    assert not any(url.endswith((".att", ".sbom")) for url in asked(mock))
+
+
+def test_a_tag_list_that_fails_means_each_tag_is_asked_for(mock):
+    api(mock, b"404 page not found", 404, content_type="text/plain")
+    mock.add(responses.GET, f"{BASE}/v2/team/app/tags/list", body=b"not JSON", content_type="application/json")
+    tag(mock, cosign_tag(IMAGE), index(entry("sbom")))
+    for suffix in (".sig", ".att", ".sbom"):
+        tag(mock, cosign_tag(IMAGE, suffix), b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}', 404)
+    listed, findings = walker().discover(client(), REF, IMAGE, (), signatures_only=False)
+    assert [item.artifact.found_by for item in listed] == [FoundBy.TAG] and findings == []
+    assert sum(1 for url in asked(mock) if "/manifests/sha256-" in url) == 4
 
 
 def test_link_pages_are_followed_and_a_page_seen_again_ends_the_list(mock):
@@ -140,6 +167,7 @@ def test_filters_nobody_asked_for_are_said(mock):
 def test_signatures_only_keeps_signature_types_and_asks_only_the_sig_tag(mock):
     api(mock, index(entry("sbom"), entry("notary", NOTARY_SIGNATURE_TYPE),
                     entry("sig", COSIGN_SIGNATURE_ARTIFACT_TYPE)))
+    tag_list(mock, *(cosign_tag(IMAGE, suffix) for suffix in (".sig", ".att", ".sbom")))
     tag(mock, cosign_tag(IMAGE, ".sig"), b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}', 404)
     listed, _ = walker(Policy(require_signature=True)).discover(client(), REF, IMAGE, (), signatures_only=True)
     assert [item.artifact.artifact_type for item in listed] == [NOTARY_SIGNATURE_TYPE, COSIGN_SIGNATURE_ARTIFACT_TYPE]
@@ -152,13 +180,10 @@ def test_an_artifact_found_two_ways_is_verified_once_and_reported_with_the_first
                                       "digest": str(Digest.of(b"{}"))}}).encode()
     digest = Digest.of(manifest)
     api(mock, index({"mediaType": OCI_MANIFEST, "digest": str(digest), "size": len(manifest), "artifactType": SPDX}))
-    tag(mock, cosign_tag(IMAGE, ".sig"), b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}', 404)
-    tag(mock, cosign_tag(IMAGE, ".att"), b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}', 404)
+    tag_list(mock, cosign_tag(IMAGE, ".sbom"))
     tag(mock, cosign_tag(IMAGE, ".sbom"), manifest)  # the same manifest, by cosign's tag
     mock.add(responses.GET, f"{BASE}/v2/team/app/manifests/{digest}", body=manifest, content_type=OCI_MANIFEST)
     mock.add(responses.GET, f"{BASE}/v2/team/app/referrers/{digest}", body=index(), content_type=OCI_INDEX)
-    for suffix in (".sig", ".att", ".sbom"):
-        tag(mock, cosign_tag(digest, suffix), b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}', 404)
     target = TargetResult(Target(REF, BASE), IMAGE, ())
     walk = walker().walk(client(), REF, IMAGE, [target])
     assert [(a.artifact.digest, a.artifact.found_by) for a in walk.artifacts] == [(digest, FoundBy.API)]
@@ -210,8 +235,7 @@ def test_without_a_key_a_signature_found_is_enough():
 def test_a_registry_whose_api_answered_404_is_not_asked_again(mock):
     other = Digest.of(b"another subject")
     api(mock, b"404 page not found", 404, content_type="text/plain")
-    for subject in (IMAGE, other):
-        tag(mock, cosign_tag(subject), b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}', 404)
+    tag_list(mock)
     one = walker()
     for subject in (IMAGE, other):
         assert one.list_referrers(client(), REF, subject) == ((), FoundBy.TAG, ())
