@@ -9,16 +9,19 @@ command that stops working fails here.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shlex
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List
 
 import pytest
 from conftest import PluginRun, run_plugin
+from test_icinga import E2E_SERVICE, icinga  # noqa: F401 (the fixture: Debian's icinga2 checking `damaged`)
 
 from registry_lab.icinga import plugin_wrapper
 from registry_lab.nginx import CachingProxy, nginx_available
@@ -40,9 +43,9 @@ KEEP = 4096  # what the truncation leaves of it
 
 # -- the first lines the check gives for each fault, on main today: one place to update ----------------------------
 
-OK = re.compile(r"REGISTRY_DEEP OK - 9 images, 22 blobs, 3\.4 MB verified in [0-9.]+s, 1 foreign layer skipped \| ")
-SCOPE_OK = re.compile(r"REGISTRY_DEEP OK - 6 images, 17 blobs, 2\.9 MB verified in [0-9.]+s, 1 foreign layer skipped"
-                      r" \| ")
+OK = re.compile(r"REGISTRY_DEEP OK - 9 images, 22 blobs, 3\.4 MB verified in [0-9.]+s, 1 foreign layer skipped")
+SCOPE_OK = re.compile(r"REGISTRY_DEEP OK - 6 images, 17 blobs, 2\.9 MB verified in [0-9.]+s, 1 foreign layer "
+                      r"skipped")
 
 
 def truncated(golden: str, cached: bool) -> str:
@@ -81,9 +84,9 @@ def replica_lost(golden: str, replica: str) -> re.Pattern:
                       rf"{re.escape(replica)} HEAD in (base/golden|apps/[a-z]+): 404 BLOB_UNKNOWN")
 
 
-def summary(run: PluginRun) -> str:
-    """The first line without its perfdata (which carries timings)."""
-    return run.first.split(" | ")[0]
+def summary(output: str) -> str:
+    """The first line without its perfdata (which carries timings; Icinga keeps the space before the `|`)."""
+    return output.split("\n", 1)[0].split("|")[0].rstrip()
 
 
 # -- the runbook's blocks, run as a reader would in one shell -----------------------------------------------------
@@ -144,7 +147,7 @@ def sentinels(registry, lab, *extra: str) -> PluginRun:
 
 def assert_ok(run: PluginRun) -> None:
     assert run.code == 0, run.stdout
-    assert OK.match(run.first), run.first
+    assert OK.fullmatch(summary(run.stdout)), run.first
 
 
 def storage_values(registry, good, lab) -> Dict[str, str]:
@@ -173,7 +176,7 @@ def test_truncated_blob_is_repaired_by_putting_a_checked_copy_from_a_replica_in_
     golden = lab.images.golden.digest
     broken.truncate_blob(golden, KEEP)
     run = sentinels(broken, lab)
-    assert (run.code, summary(run)) == (2, truncated(golden, broken.cached)), run.stdout
+    assert (run.code, summary(run.stdout)) == (2, truncated(golden, broken.cached)), run.stdout
 
     runbook.values = storage_values(broken, pristine, lab)
     done = runbook.run("good-copy", "move-aside", "put-back")
@@ -190,14 +193,14 @@ def test_namespace_scope_and_confirm_commands_name_what_to_repush_then_read_ok(d
     scope = runbook.run("scope", strict=False)
     assert scope.returncode == 0, scope.stderr  # jq, the block's last command
     first, *rest = scope.stdout.splitlines()
-    assert first.split(" | ")[0] == scope_broken(golden), scope.stdout
+    assert summary(first) == scope_broken(golden), scope.stdout
     to_repush = [line for line in rest if not line.startswith(("CRITICAL:", "note:"))]
     assert to_repush == ["apps/api:1.0", "apps/foreign:1.0", "apps/legacy:2.0", "apps/multi:1.0", "apps/slim:1.0",
                          "apps/web:1.0"], scope.stdout
 
     runbook.run("good-copy", "move-aside", "put-back")
     confirm = runbook.run("scope", strict=False)
-    assert confirm.returncode == 0 and SCOPE_OK.match(confirm.stdout), confirm.stdout
+    assert confirm.returncode == 0 and SCOPE_OK.fullmatch(summary(confirm.stdout)), confirm.stdout
     assert confirm.stdout.splitlines()[-1] != "apps/web:1.0"  # nothing left to re-push
 
 
@@ -207,12 +210,12 @@ def test_altered_blob_stays_broken_after_a_re_push_and_is_repaired_by_an_upload_
     broken.flip_byte(golden, 1000)
     got = "sha256:" + hashlib.sha256(broken.blob_path(golden).read_bytes()).hexdigest()
     run = sentinels(broken, lab)
-    assert (run.code, summary(run)) == (2, altered(golden, got)), run.stdout
+    assert (run.code, summary(run.stdout)) == (2, altered(golden, got)), run.stdout
 
     runbook.values = storage_values(broken, pristine, lab)
     runbook.run("good-copy", "upload")  # the upload alone: 201 Created, and the registry keeps the bad bytes
     run = sentinels(broken, lab)
-    assert (run.code, summary(run)) == (2, altered(golden, got)), run.stdout
+    assert (run.code, summary(run.stdout)) == (2, altered(golden, got)), run.stdout
 
     runbook.run("good-copy", "move-aside", "upload")
     assert_ok(sentinels(broken, lab))
@@ -225,7 +228,7 @@ def test_lost_repository_link_is_restored(block, damaged, lab, runbook):
     golden = lab.images.golden.digest
     damaged.remove_layer_link("apps/web", golden)
     run = sentinels(damaged, lab)
-    assert (run.code, summary(run)) == (2, link_lost(golden)), run.stdout
+    assert (run.code, summary(run.stdout)) == (2, link_lost(golden)), run.stdout
 
     runbook.values = {"registry": damaged.url, "root": str(damaged.storage), "digest": golden, "repo": "apps/web",
                       "from": "base/golden"}
@@ -240,7 +243,7 @@ def test_lost_repository_link_is_restored(block, damaged, lab, runbook):
 def test_lost_tag_is_put_back_on_its_manifest(block, damaged, pristine, lab, runbook):
     damaged.delete_tag("apps/web", "1.0")
     run = sentinels(damaged, lab)
-    assert (run.code, summary(run)) == (2, TAG_LOST), run.stdout
+    assert (run.code, summary(run.stdout)) == (2, TAG_LOST), run.stdout
 
     runbook.values = {"registry": damaged.url, "good": pristine.url, "root": str(damaged.storage), "repo": "apps/web",
                       "tag": "1.0", "manifest": lab.images.images["web"].digest}
@@ -261,7 +264,7 @@ def test_bad_cached_copy_is_purged_and_fetched_again_from_the_intact_origin(dama
         entry = cache.cache_path(golden).read_bytes()
         got = "sha256:" + hashlib.sha256(entry[len(entry) - GOLDEN_SIZE:]).hexdigest()
         run = sentinels(cache, lab, "--origin", damaged.host)
-        assert (run.code, summary(run)) == (2, cache_only(golden, got, damaged.host)), run.stdout
+        assert (run.code, summary(run.stdout)) == (2, cache_only(golden, got, damaged.host)), run.stdout
 
         runbook.values = {"digest": golden, "cache": str(cache.cache_dir)}
         runbook.run("purge")
@@ -276,11 +279,31 @@ def test_blob_missing_on_a_replica_is_copied_from_the_registry_that_passed(damag
     replica = damaged
     replica.delete_blob(golden)
     run = sentinels(pristine, lab, "--compare-registry", replica.url)
-    assert run.code == 2 and replica_lost(golden, replica.url).fullmatch(summary(run)), run.stdout
+    assert run.code == 2 and replica_lost(golden, replica.url).fullmatch(summary(run.stdout)), run.stdout
 
     runbook.values = {**storage_values(replica, pristine, lab)}
     runbook.run("good-copy", "move-aside", "put-back")
     assert_ok(sentinels(pristine, lab, "--compare-registry", replica.url))
+
+
+# -- confirming: Icinga re-checks now ------------------------------------------------------------------------------
+
+def test_forced_icinga_recheck_through_its_api_turns_the_service_ok_after_the_repair(icinga, damaged,  # noqa: F811
+                                                                                     pristine, lab, runbook):
+    golden = lab.images.golden.digest
+    damaged.truncate_blob(golden, KEEP)
+    result = icinga.force_check(E2E_SERVICE)
+    assert (result["state"], summary(result["output"])) == (2, truncated(golden, False)), result["output"]
+
+    runbook.values = {**storage_values(damaged, pristine, lab), "icinga": f"https://127.0.0.1:{icinga.port}",
+                      "icinga_user": ":".join(icinga.session.auth)}
+    previous, asked = icinga.last_result(E2E_SERVICE), time.time()
+    done = runbook.run("good-copy", "move-aside", "put-back", "icinga")
+    assert json.loads(done.stdout.splitlines()[-1]) == {"results": [
+        {"code": 200.0, "status": f"Successfully rescheduled check for object '{E2E_SERVICE}'."}]}, done.stdout
+
+    result = icinga.result_after(E2E_SERVICE, asked, previous)
+    assert result["state"] == 0 and OK.fullmatch(summary(result["output"])), result["output"]
 
 
 # -- the blocks themselves -------------------------------------------------------------------------------------------
