@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List
 
 import pytest
+import requests
 from conftest import PluginRun, run_plugin
 from test_icinga import E2E_SERVICE, icinga  # noqa: F401 (the fixture: Debian's icinga2 checking `damaged`)
 
@@ -222,6 +224,21 @@ def test_altered_blob_stays_broken_after_a_re_push_and_is_repaired_by_an_upload_
     assert_ok(sentinels(broken, lab))
 
 
+def test_inmemory_cache_still_answers_head_for_a_blob_moved_aside_so_a_push_would_skip_it(lab, tmp_path):
+    """Why the README says: restart before re-pushing with docker or skopeo, which HEAD a blob before sending it."""
+    registry = lab.registry(tmp_path / "registry", config=CACHE_CONFIG)
+    try:
+        assert_ok(sentinels(registry, lab))  # fills the cache
+        golden = lab.images.golden.digest
+        shutil.move(registry.blob_path(golden), tmp_path / "damaged")
+        head = requests.head(f"{registry.url}/v2/apps/web/blobs/{golden}", timeout=10)
+        assert (head.status_code, head.headers["Content-Length"]) == (200, str(GOLDEN_SIZE))
+        registry.restart()
+        assert requests.head(f"{registry.url}/v2/apps/web/blobs/{golden}", timeout=10).status_code == 404
+    finally:
+        registry.stop()
+
+
 # -- 2. a repository's lost link -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("block", ["relink", "relink-storage"])
@@ -236,6 +253,24 @@ def test_lost_repository_link_is_restored(block, damaged, lab, runbook):
     done = runbook.run(block)
     assert done.stdout == ("201\n" if block == "relink" else ""), done.stdout
     assert_ok(sentinels(damaged, lab))
+
+
+def test_inmemory_cache_answers_for_a_lost_link_until_the_registry_restarts(lab, tmp_path, runbook):
+    registry = lab.registry(tmp_path / "registry", config=CACHE_CONFIG)
+    try:
+        assert_ok(sentinels(registry, lab))  # fills the cache
+        golden = lab.images.golden.digest
+        registry.remove_layer_link("apps/web", golden)
+        assert_ok(sentinels(registry, lab))  # the registry still serves it, from memory
+        registry.restart()
+        run = sentinels(registry, lab)
+        assert (run.code, summary(run.stdout)) == (2, link_lost(golden)), run.stdout
+
+        runbook.values = {"registry": registry.url, "digest": golden, "repo": "apps/web", "from": "base/golden"}
+        runbook.run("relink")
+        assert_ok(sentinels(registry, lab))
+    finally:
+        registry.stop()
 
 
 # -- 3. a lost tag ---------------------------------------------------------------------------------------------------
