@@ -9,13 +9,9 @@ command that stops working fails here.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import shlex
 import shutil
-import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -24,18 +20,11 @@ import requests
 from conftest import PluginRun, run_plugin
 from test_icinga import E2E_SERVICE, icinga  # noqa: F401 (the fixture: Debian's icinga2 checking `damaged`)
 
-from registry_lab.icinga import plugin_wrapper
 from registry_lab.nginx import CachingProxy, nginx_available
+from registry_lab.runbook import README, Runbook, runbook_blocks
 
 pytestmark = pytest.mark.e2e
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-BLOCK = re.compile(r"<!-- runbook: (?P<name>[a-z-]+) -->\n\n?(?P<indent> *)```sh\n(?P<body>.*?)\n(?P=indent)```\n",
-                   re.S)
-#: A line that sets a value the reader must fill in: `name=value` (and a comment); the test puts the lab's value.
-SETTING = re.compile(r"^(?P<name>[a-z_]+)=\S+(?:\s+#.*)?$")
-#: What only an example value contains: none of it may reach the shell.
-EXAMPLE_MARKS = ("example.org", "…", "PASSWORD")
 CACHE_CONFIG = {"storage": {"cache": {"blobdescriptor": "inmemory"}}}  # Debian's config has it on
 
 GOLDEN_SIZE = 1 << 20  # the lab's golden layer
@@ -90,52 +79,6 @@ def replica_lost(golden: str, replica: str) -> re.Pattern:
 def summary(output: str) -> str:
     """The first line without its perfdata (which carries timings; Icinga keeps the space before the `|`)."""
     return output.split("\n", 1)[0].split("|")[0].rstrip()
-
-
-# -- the runbook's blocks, run as a reader would in one shell -----------------------------------------------------
-
-def runbook_blocks() -> Dict[str, str]:
-    blocks = {}
-    for match in BLOCK.finditer(README.read_text()):
-        indent = len(match["indent"])
-        blocks[match["name"]] = "\n".join(line[indent:] for line in match["body"].splitlines())
-    return blocks
-
-
-@dataclass
-class Runbook:
-    """The README's blocks with the lab's values; /tmp and /var/tmp of the blocks are the test's own."""
-
-    workdir: Path
-    values: Dict[str, str] = field(default_factory=dict)
-
-    def script(self, *names: str) -> str:
-        blocks = runbook_blocks()
-        lines = []
-        for name in names:
-            assert name in blocks, f"README.md has no runbook block {name!r}"
-            for line in blocks[name].splitlines():
-                setting = SETTING.match(line)
-                if not (setting and setting["name"] in self.values):  # else the lab's value, set first
-                    lines.append(line)
-        commands = "\n".join(lines).replace("/var/tmp/", "\0aside\0").replace("/tmp/", f"{self.workdir}/")
-        commands = commands.replace("\0aside\0", f"{self.workdir}/aside/")
-        for mark in EXAMPLE_MARKS:
-            assert mark not in commands, f"an example value left for the shell ({mark!r}):\n{commands}"
-        return "".join(f"{name}={shlex.quote(value)}\n" for name, value in self.values.items()) + commands
-
-    def run(self, *names: str, strict: bool = True) -> subprocess.CompletedProcess:
-        """Run the blocks in one bash (with -e when `strict`), check_registry_deep of this tree first on PATH."""
-        (self.workdir / "aside").mkdir(parents=True, exist_ok=True)
-        bin_dir = plugin_wrapper(self.workdir / "bin")
-        env = {key: value for key, value in os.environ.items() if not key.lower().endswith("_proxy")}
-        env["PATH"] = f"{bin_dir}:{env['PATH']}"
-        options = ["-e", "-o", "pipefail"] if strict else []
-        done = subprocess.run(["bash", *options, "-c", self.script(*names)], capture_output=True, text=True,
-                              env=env, cwd=self.workdir, timeout=120, stdin=subprocess.DEVNULL)
-        if strict:
-            assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
-        return done
 
 
 @pytest.fixture
