@@ -274,9 +274,10 @@ def test_runbook_repairs_a_truncated_blob_in_swift_by_uploading_a_checked_copy(p
                                                                                tmp_path):
     """The repair of the runbook on the incident's own storage: the blob's object (a DLO manifest) deleted, as
     `swift delete` does (its segments stay, for the post-mortem), then the runbook's own blocks: a good copy from
-    a healthy registry, checked with sha256sum, uploaded through the registry's API."""
+    a healthy registry (one that redirects blob GETs to Swift: the block must follow), checked with sha256sum,
+    uploaded through the registry's API."""
     golden = swift.images.golden.digest
-    registry, healthy = start_registry("plain"), start_registry("plain")
+    registry, healthy = start_registry("plain"), start_registry("redirect")
     registry.truncate_blob(golden, 4096)
     run = sentinel_run(plugin, registry, swift)
     assert run.code == 2, run.stdout
@@ -289,5 +290,7 @@ def test_runbook_repairs_a_truncated_blob_in_swift_by_uploading_a_checked_copy(p
                                               "repo": "base/golden"})
     done = runbook.run("good-copy", "upload")
     assert done.stdout == f"{runbook.workdir}/blob: OK\n", done.stdout
+    assert re.search(rf'"GET /v2/base/golden/blobs/{golden} HTTP/1\.1" 307 .*"curl/',
+                     healthy.log_path.read_text(errors="replace")), "the good copy came without a redirect"
     assert_ok(sentinel_run(plugin, registry, swift))
     assert registry.segments(golden) != segments  # the upload's own segments; the damaged ones left aside
