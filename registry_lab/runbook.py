@@ -23,7 +23,7 @@ from .icinga import ROOT, plugin_wrapper
 README = ROOT / "README.md"
 BLOCK = re.compile(r"<!-- runbook: (?P<name>[a-z-]+) -->\n\n?(?P<indent> *)```sh\n(?P<body>.*?)\n(?P=indent)```\n",
                    re.S)
-SETTING = re.compile(r"^(?P<name>[a-z_]+)=\S+(?:\s+#.*)?$")
+SETTING = re.compile(r'^(?P<name>[a-z_]+)=(?:"[^"]*"|\S+)(?:\s+#.*)?$')
 #: What only an example value contains: none of it may reach the shell.
 EXAMPLE_MARKS = ("example.org", "…", "PASSWORD")
 

@@ -70,10 +70,16 @@ def cache_only(golden: str, got: str, origin: str) -> str:
             f"layer {golden[:19]}… digest mismatch: got {got[:42]}…")
 
 
-def replica_lost(golden: str, replica: str) -> re.Pattern:
+def replica_lost(golden: str, replica: str, counts: str = "8 broken blobs, breaking 8 of 9") -> re.Pattern:
     """One finding per repository; which comes first varies from run to run."""
-    return re.compile(rf"REGISTRY_DEEP CRITICAL - 8 broken blobs, breaking 8 of 9 images: layer {golden} on "
-                      rf"{re.escape(replica)} HEAD in (base/golden|apps/[a-z]+): 404 BLOB_UNKNOWN")
+    return re.compile(rf"REGISTRY_DEEP CRITICAL - {counts} images: layer {golden} on {re.escape(replica)} HEAD in "
+                      r"(base/golden|apps/[a-z]+): 404 BLOB_UNKNOWN")
+
+
+def scope_gone(golden: str) -> re.Pattern:
+    """The repositories' order varies from run to run."""
+    return re.compile(rf"REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 6 of 6 images: layer {golden[:19]}… 404 "
+                      r"BLOB_UNKNOWN in every repository that references it \(apps/[a-z]…")
 
 
 def summary(output: str) -> str:
@@ -259,10 +265,19 @@ def test_blob_missing_on_a_replica_is_copied_from_the_registry_that_passed(damag
     replica.delete_blob(golden)
     run = sentinels(pristine, lab, "--compare-registry", replica.url)
     assert run.code == 2 and replica_lost(golden, replica.url).fullmatch(summary(run.stdout)), run.stdout
+    # the scope step's commands: each backend (both serve the same name here), then the other site
+    runbook.values = {"registry": pristine.url, "backends": f"{pristine.host} {replica.host}", "replica": replica.url}
+    sides = [summary(line) for line in runbook.run("backends", strict=False).stdout.splitlines()]
+    assert len(sides) == 3 and SCOPE_OK.fullmatch(sides[0]), sides
+    assert scope_gone(golden).fullmatch(sides[1]), sides
+    assert replica_lost(golden, replica.url, "6 broken blobs, breaking 6 of 6").fullmatch(sides[2]), sides
 
     runbook.values = {**storage_values(replica, pristine, lab)}
     runbook.run("good-copy", "move-aside", "put-back")
     assert_ok(sentinels(pristine, lab, "--compare-registry", replica.url))
+    runbook.values = {"registry": pristine.url, "backends": f"{pristine.host} {replica.host}", "replica": replica.url}
+    sides = [summary(line) for line in runbook.run("backends", strict=False).stdout.splitlines()]
+    assert all(SCOPE_OK.fullmatch(side) for side in sides) and len(sides) == 3, sides
 
 
 # -- confirming: Icinga re-checks now ------------------------------------------------------------------------------
