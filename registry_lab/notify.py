@@ -11,6 +11,8 @@ import email
 import email.policy
 import json
 import mailbox
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +25,11 @@ from typing import Callable, List, Optional
 from .icinga import poll
 from .registry import free_port, stop_process
 from .secure import LoopbackServer
+
+#: The tests' mail path: `mail` hands the message to /usr/sbin/sendmail, which must be msmtp (msmtp-mta) reading
+#: the test's ~/.msmtprc. Another MTA there (exim4, postfix) would try to deliver to the example's real domain.
+MAIL_PATH_READY = shutil.which("mail") is not None and os.path.realpath("/usr/sbin/sendmail").endswith("/msmtp")
+MAIL_PATH_MISSING = "mail (bsd-mailx) or msmtp-mta as /usr/sbin/sendmail is not installed (tools/debian-packages.txt)"
 
 
 class MailSink:

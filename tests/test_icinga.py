@@ -28,7 +28,7 @@ from registry_lab.icinga import (
     instantiated,
     private_dir,
 )
-from registry_lab.notify import MailSink, mail_text
+from registry_lab.notify import MAIL_PATH_MISSING, MAIL_PATH_READY, MailSink, mail_text
 
 ICINGA = ROOT / "icinga"
 CHECKCOMMAND = ICINGA / "registry-deep.conf"
@@ -428,6 +428,7 @@ def test_a_notification_command_that_misnames_a_variable_is_caught():
 
 
 @needs_mail_script
+@pytest.mark.skipif(not MAIL_PATH_READY, reason=MAIL_PATH_MISSING)
 def test_icinga_mails_the_whole_output_when_the_golden_layer_breaks(damaged, lab, tmp_path):
     """icinga2 -> the example's NotificationCommand -> icinga2's mail-service-notification.sh -> mail (bsd-mailx)
     -> Debian's sendmail (msmtp-mta, ~/.msmtprc of the daemon's HOME) -> SMTP on 127.0.0.1 (aiosmtpd)."""
