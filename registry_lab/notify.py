@@ -77,16 +77,18 @@ class MailSink:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
 
-    def messages(self) -> List[EmailMessage]:
+    def messages(self, to: str) -> List[EmailMessage]:
+        """The messages for `to` so far (the daemons' own example objects may mail someone else meanwhile)."""
         if not self.maildir.exists():
             return []
         box = mailbox.Maildir(self.maildir, factory=None, create=False)
-        return [email.message_from_bytes(box.get_bytes(key), policy=email.policy.default)  # type: ignore[misc]
-                for key in sorted(box.keys())]
+        found = [email.message_from_bytes(box.get_bytes(key), policy=email.policy.default)  # type: ignore[misc]
+                 for key in sorted(box.keys())]
+        return [message for message in found if message["To"] == to]
 
-    def wait_for_message(self, wait: float = 30.0, log: Callable[[], str] = lambda: "") -> EmailMessage:
-        """The first message that arrived, once one has (the notification runs after the check result)."""
-        return poll(lambda: next(iter(self.messages()), None), "a mail", wait,
+    def wait_for_message(self, to: str, wait: float = 30.0, log: Callable[[], str] = lambda: "") -> EmailMessage:
+        """The first message for `to`, once one has arrived (the notification runs after the check result)."""
+        return poll(lambda: next(iter(self.messages(to)), None), f"a mail to {to}", wait,
                     lambda: f"SMTP server: {self.log()}\n{log()}")
 
     def msmtp_home(self, home: Path, sender: str) -> Path:
