@@ -325,7 +325,8 @@ def test_a_broken_image_reaches_the_oncall_webhook_through_the_example_alertmana
         plugin, damaged, lab, tmp_path, textfile, node_exporter):
     """The plugin's --metrics-file -> node_exporter -> prometheus with the shipped rules -> prometheus-alertmanager
     with the shipped route -> a webhook on 127.0.0.1 (a small HTTP server of the test's: the pager's stand-in)."""
-    damaged.truncate_blob(lab.images.golden.digest, 4096)
+    golden = lab.images.golden.digest
+    damaged.truncate_blob(golden, 4096)
     args = ["-R", damaged.url, *image_args(lab.images.refs()), "--metrics-file", str(textfile / "sentinels.prom")]
     assert plugin(*args).code == 2
     with WebhookReceiver() as webhook, \
@@ -338,7 +339,8 @@ def test_a_broken_image_reaches_the_oncall_webhook_through_the_example_alertmana
     assert alert["annotations"] == {
         "summary": f"{damaged.url} serves a broken image: apps/legacy:2.0 (linux/386)",
         "description": f"check_registry_deep (sentinels on {node_exporter.address}) could not pull every blob of "
-                       "this image intact in its last run."}
+                       f"this image intact in its last run: layer {golden[:19]}… truncated: Content-Length says "
+                       "4096 of 1048576 bytes."}
     paged = {(a["labels"]["image"], a["labels"].get("platform", "")) for payload in webhook.payloads
              for a in payload["alerts"] if a["labels"]["alertname"] == "RegistryDeepImageBroken"}
     assert ("artifacts/sbom:1.0", "") not in paged
@@ -349,7 +351,8 @@ def test_the_readme_documents_every_metric_and_every_rule_as_shipped():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Prometheus: a durability SLI")[1].split("\n## ")[0]
     documented = set(re.findall(r"[|,] `(registry_deep_\w+)[`{]", section))
-    full = RunMetrics(2, 1.0, 1.0, (ImageSample("https://r", "a:1", "", False),), Counts(1, 0, 1, 1, 1, 0, 1.0))
+    full = RunMetrics(2, 1.0, 1.0, (ImageSample("https://r", "a:1", "", False, "layer x"),),
+                      Counts(1, 0, 1, 1, 1, 0, 1.0))
     written = {family.name for family in text_string_to_metric_families(exposition(full, "x", None).decode())}
     assert documented == written
     shipped = dict(re.findall(r"- alert: (\w+)\n\s+expr: (.+)", RULES.read_text()))
