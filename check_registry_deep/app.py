@@ -12,7 +12,7 @@ import nagiosplugin
 import urllib3
 
 from .auth import load_credentials
-from .check import build_check, image_verdicts, judge, render, verified_artifacts
+from .check import build_check, image_problems, image_verdicts, judge, render, verified_artifacts
 from .client import RegistryClient
 from .coverage import Coverage
 from .deadline import Deadline
@@ -86,8 +86,10 @@ def metrics_of(scan: ScanResult, given: Sequence[Tuple[ImageRef, str]]) -> Tuple
     series stay bounded."""
     named = {(str(ref), registry) for ref, registry in given}
     signed = dict(scan.signed) if scan.signed is not None else None
+    problems = image_problems(scan)
     samples = tuple(ImageSample(v.target.registry, str(v.target.image), str(v.target.platform or ""),
-                                v.state != CRITICAL, None if signed is None else signed.get(v.target, False))
+                                v.state != CRITICAL, problems.get(v.target, "") if v.state == CRITICAL else "",
+                                None if signed is None else signed.get(v.target, False))
                     for v in image_verdicts(scan)
                     if (str(v.target.image), v.target.registry) in named and v.state != UNKNOWN)
     given_refs = {ref for ref, _ in given}

@@ -112,6 +112,19 @@ def verified_artifacts(scan: ScanResult) -> Set[Tuple[str, str]]:
             if v.artifact.resolved and v.error is None}
 
 
+def image_problems(scan: ScanResult) -> Dict[Target, str]:
+    """What breaks each broken image and platform, worded as line 1 words a finding: the first of its CRITICAL
+    findings (by kind and subject, so that a run's worker order does not change it) and how many more."""
+    broken: Dict[Target, List[Finding]] = {}
+    owners = {a.target: a.owners for a in scan.artifacts}  # an attached artifact's breakage is its images'
+    for finding in sorted(scan.findings, key=lambda f: (str(f.kind), f.subject)):
+        if judge(finding) == CRITICAL:
+            for target in dict.fromkeys(t for affected in finding.affected for t in owners.get(affected, (affected,))):
+                broken.setdefault(target, []).append(finding)
+    return {target: _short(found[0]) + (f" and {len(found) - 1} more" if len(found) > 1 else "")
+            for target, found in broken.items()}
+
+
 def _images(targets: Sequence[Target]) -> List[str]:
     return list(dict.fromkeys(str(t.image) for t in targets))
 
