@@ -8,11 +8,14 @@ signer and verifier (trixie's skopeo and podman) are in test_e2e_sigstore.py.
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from conftest import ROOT, run_command
 
 from registry_lab import LocalRegistry
 from registry_lab.artifacts import (
@@ -194,7 +197,10 @@ def test_fallback_index_of_thousands_of_entries_ends_with_a_verdict(plugin, atta
                 "digest": f"sha256:{i:064x}"} for i in range(5000)]
     registry.delete_tag("lab/app", fallback_tag(app.digest))
     write_fallback_index(registry, "lab/app", app.digest, entries)
-    run = plugin("-R", registry.url, "-i", app.ref, "--referrers", "-t", "20")
+    run = run_command(["/usr/bin/time", "-f", "maxrss %M", sys.executable, "-m", "check_registry_deep", "-R",
+                       registry.url, "-i", app.ref, "--referrers", "-t", "20"], timeout=60,
+                      env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert int(run.stderr.split("maxrss ")[-1]) < 100 * 1024, run.stderr  # kB: the list is read, not hoarded
     assert run.code == 2, run.stdout
     assert run.first.startswith("REGISTRY_DEEP CRITICAL - 64 broken manifests, breaking 1 of 1 image: manifest "
                                 "sha256:000000000000… (application/spdx+json) 404 MANIFEST_UNKNOWN"), run.first
