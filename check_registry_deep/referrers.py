@@ -48,7 +48,8 @@ from .signatures import (
     SIMPLE_SIGNING_MEDIA_TYPE,
 )
 
-#: Referrers of referrers of ...: how deep the walk goes below an image (1: only the image's own referrers).
+#: Referrers of referrers of ...: how deep the walk verifies below an image (1: only the image's own referrers);
+#: the level below is looked up and counted, so that what the bound leaves out is said.
 MAX_DEPTH = 3
 #: Artifacts from referrers lists verified per image; the rest are counted and said (`N referrers not verified:
 #: bound reached`). Cosign's tags come on top (at most three a subject).
@@ -157,7 +158,9 @@ class ReferrerWalker:
                 if item.artifact.digest in seen:
                     continue  # found two ways, or a cycle: verified once, reported with the first
                 seen.add(item.artifact.digest)
-                if len(walk.artifacts) >= MAX_ARTIFACTS and item.artifact.found_by != FoundBy.COSIGN:
+                if depth > MAX_DEPTH or (len(walk.artifacts) >= MAX_ARTIFACTS and
+                                         item.artifact.found_by != FoundBy.COSIGN):
+                    # below the deepest level, referrers are only counted (a bound reached is said, never silent);
                     # a long list must not crowd out cosign's own tags (three a subject at most): the signature
                     skipped += 1
                     continue
@@ -171,7 +174,7 @@ class ReferrerWalker:
                         Evidence(None)
                     if evidence is not None:
                         walk.signatures.setdefault(subject, []).append(evidence)
-                if result.resolved and self.policy.follow and depth < MAX_DEPTH:
+                if result.resolved and self.policy.follow:
                     queue.append((item.artifact.digest, owners, where, depth + 1))
         if skipped:
             walk.findings.append(Finding(str(top), Kind.REFERRERS, owners_all, repository=ref.repository,

@@ -316,3 +316,20 @@ def test_a_notary_signature_counts_as_a_signature_but_not_for_a_cosign_key(plugi
     keyed = plugin("-R", registry.url, "-i", plain.ref, "--cosign-key", str(attached.key))
     assert keyed.code == 2, keyed.stdout
     assert keyed.lines[1] == f"CRITICAL: image lab/plain:1.0: not signed (manifest {plain.digest})"
+
+
+def test_referrers_below_the_depth_bound_are_counted_not_verified(plugin, attached, registry):
+    """image <- A <- B <- C <- D (each the subject of the next), through the API stand-in: A, B and C are
+    verified (depth 3), D is looked up and said."""
+    chain = [attached.seeded.images["app"]]
+    for name in "ABCD":
+        pushed = push_referrer(registry, chain[-1], SPDX, f'{{"level": "{name}"}}'.encode())
+        chain.append(Image("lab/app", None, pushed.digest, pushed.media_type))
+    with ReferrersFront(registry) as front:
+        run = plugin("-R", front.url, "-i", attached.seeded.ref("app"), "--referrers", "--json", "-")
+    document = json.loads(run.stdout)
+    assert run.code == 1, run.stdout
+    verified = [row["digest"] for row in document["artifacts"]]
+    assert [image.digest in verified for image in chain[1:]] == [True, True, True, False]
+    assert [(f["subject"], f["caveats"]) for f in document["content"] if f["caveats"]] == [
+        (chain[0].digest, ["1 referrers not verified: bound reached"])]

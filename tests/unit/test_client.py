@@ -36,6 +36,9 @@ from check_registry_deep.retry import RetryPolicy, retry_after
 from check_registry_deep.transport import TLSOptions, tls_failure
 from check_registry_deep.verify import verify_body
 
+#: Debian's package build sets http_proxy to a dead port: these tests set the proxy they mean themselves
+pytestmark = pytest.mark.usefixtures("no_proxy_from_the_environment")
+
 BASE = "http://127.0.0.1:5000"
 BODY = b'{"schemaVersion": 2, "mediaType": "' + DOCKER_MANIFEST.encode() + b'", "layers": []}'
 MANIFEST_URL = f"{BASE}/v2/team/app/manifests/1"

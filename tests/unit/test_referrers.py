@@ -29,6 +29,9 @@ from check_registry_deep.resolve import Resolver
 from check_registry_deep.retry import RetryPolicy
 from check_registry_deep.signatures import COSIGN_SIGNATURE_ARTIFACT_TYPE, NOTARY_SIGNATURE_TYPE
 
+#: Debian's package build sets http_proxy to a dead port: these tests set the proxy they mean themselves
+pytestmark = pytest.mark.usefixtures("no_proxy_from_the_environment")
+
 BASE = "http://127.0.0.1:5000"
 REF = ImageRef.parse("team/app:1")
 IMAGE = Digest.of(b"the image")
