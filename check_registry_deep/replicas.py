@@ -21,9 +21,9 @@ def compare_replica(client: RegistryClient, ref: ImageRef, ours: Digest, primary
         fetched = client.get_manifest(ref.repository, ref.reference)
         theirs = check_manifest_digest(fetched.body, fetched.declared_digest, ref.digest)
     except CheckError as exc:
-        return [Finding(f"{ref} on {replica}", Kind.MANIFEST, targets, error=exc, repository=ref.repository)]
+        return [Finding(Kind.MANIFEST, targets, image=ref, replica=replica, error=exc, repository=ref.repository)]
     if theirs != ours:
-        return [Finding(f"{ref} on {replica}", Kind.MANIFEST, targets, repository=ref.repository, caveats=(
+        return [Finding(Kind.MANIFEST, targets, image=ref, replica=replica, repository=ref.repository, caveats=(
             f"replica serves {theirs} where {primary} serves {ours}",))]
     findings: List[Finding] = []
     blobs = {d.digest: d for t in resolved for d in t.blobs if not d.foreign}
@@ -34,6 +34,6 @@ def compare_replica(client: RegistryClient, ref: ImageRef, ours: Digest, primary
             raise
         except CheckError as exc:
             affected = tuple(t.target for t in resolved if descriptor in t.blobs)
-            findings.append(Finding(f"{descriptor.digest} on {replica}", descriptor.kind, affected, error=exc,
+            findings.append(Finding(descriptor.kind, affected, digest=descriptor.digest, replica=replica, error=exc,
                                     size=descriptor.size, repository=ref.repository))
     return findings

@@ -173,4 +173,4 @@ def test_walker_over_hostile_indexes_never_hits_an_internal_error(docs, data):
 def _scan(scanner: Scanner, ref: ImageRef):
     """Run a whole scan (every blob is unknown to FakeClient) and return what it found but the registry check."""
     result = scanner.scan([(ref, "http://hostile.invalid")])
-    return [c for c in result.findings if c.kind != "registry"]
+    return [*result.findings, *(p for p in result.run_problems if p.kind != "registry")]
