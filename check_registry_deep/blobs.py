@@ -13,9 +13,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from .client import RegistryClient
 from .deadline import Deadline
-from .errors import BlobUnknown, CheckError, DeadlineExceeded, SizeMismatch
-from .manifests import Descriptor
-from .model import Finding, Mode, Target, TargetResult
+from .errors import BlobUnknown, RegistryError, SizeMismatch
+from .model import Descriptor, Finding, Mode, Target, TargetResult
 from .reference import Digest
 from .transfer import BlobTransfer, retried
 from .verify import CHUNK_SIZE
@@ -89,9 +88,7 @@ class BlobChecker:
             except BlobUnknown as exc:
                 missing.append((repository, exc))
                 continue
-            except DeadlineExceeded:
-                raise
-            except CheckError as exc:
+            except RegistryError as exc:
                 return [Finding(descriptor.kind, work.everyone, digest=descriptor.digest, error=exc,
                                 size=descriptor.size, repository=repository)]
             retries += transfer.repeated
@@ -123,9 +120,7 @@ class BlobChecker:
                                        f"{descriptor.size}")
             except BlobUnknown as exc:
                 missing.append((repository, exc))
-            except DeadlineExceeded:
-                raise
-            except CheckError as exc:
+            except RegistryError as exc:
                 findings.append(Finding(descriptor.kind, tuple(dict.fromkeys(work.by_repository[repository])),
                                         digest=descriptor.digest, error=exc, size=descriptor.size,
                                         repository=repository))

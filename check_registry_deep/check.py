@@ -14,8 +14,8 @@ import nagiosplugin
 
 from .judge import Judgement, judge
 from .model import ScanResult
-from .states import CRITICAL, EXIT_CODES, NAME, OK, UNKNOWN, WARNING, status_line, worst
-from .wording import describe, fit, long_output, ok_summary, plain, problem_summary
+from .states import CRITICAL, EXIT_CODES, NAME, OK, UNKNOWN, WARNING, plain, status_line, worst
+from .wording import describe, fit, long_output, ok_summary, problem_summary
 
 NAGIOS_STATES = {OK: nagiosplugin.Ok, WARNING: nagiosplugin.Warn, CRITICAL: nagiosplugin.Critical,
                  UNKNOWN: nagiosplugin.Unknown}
@@ -115,7 +115,7 @@ def build_check(scan: Callable[[], ScanResult], *, warning: str = "", critical: 
 
 def render(check: RegistryCheck) -> str:
     """Line 1 (status, summary, perfdata), then the long output, all under Nagios' 8 KiB."""
-    status = status_line(check.state_word, plain(check.summary_str.strip()))
+    status = status_line(check.state_word, check.summary_str.strip())
     perfdata = " ".join(check.perfdata)
     first = status + (f" | {perfdata}" if perfdata else "")
     lines = [plain(line) for line in (check.verbose_str or [])]

@@ -39,7 +39,10 @@ class DeadlineExceeded(CheckError):
 
 
 class RegistryError(CheckError):
-    """The registry (or the way to it) does not serve what it should: pulls fail."""
+    """The registry (or the way to it) does not serve what it should: pulls fail.
+
+    What a job catches to turn into a finding on content: the deadline (and a bug) are no answer about the
+    content, and go on up to the scan."""
 
     state = CRITICAL
 

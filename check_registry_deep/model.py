@@ -1,20 +1,18 @@
-"""The facts a scan gathers: images, the findings on their content with the blast radius of each, and the
-problems that kept the run from some content.
+"""The facts a scan gathers: content (its kind and descriptor), images, the findings on their content with the
+blast radius of each, and the problems that kept the run from some content.
 
-Immutable values, shared by the gathering (scan), judging (check) and presenting (report) layers.
+Immutable values, shared by the gathering (manifests, scan), judging (judge) and presenting (wording, report)
+layers.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import Optional, Tuple
 
 from .errors import CheckError, DeadlineExceeded
 from .reference import Digest, ImageRef, Platform
-
-if TYPE_CHECKING:
-    from .manifests import Descriptor
 
 
 class _Word(str, enum.Enum):
@@ -28,7 +26,7 @@ class _Word(str, enum.Enum):
 
 
 class Kind(_Word):
-    """What a finding's content is."""
+    """What a piece of content is: a blob (a layer, a config) or a manifest."""
 
     LAYER = "layer"
     CONFIG = "config"
@@ -37,6 +35,28 @@ class Kind(_Word):
     @property
     def blob(self) -> bool:
         return self in (Kind.LAYER, Kind.CONFIG)
+
+
+#: Layers clients fetch from the descriptor's `urls`, not from the registry.
+FOREIGN_LAYER_TYPES = frozenset({"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                                 "application/vnd.oci.image.layer.nondistributable.v1.tar",
+                                 "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                                 "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"})
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: Digest
+    size: Optional[int]  # None only for schema 1 layers, which declare no size
+    kind: Kind = Kind.LAYER
+    urls: Tuple[str, ...] = ()
+    platform: Optional[Platform] = None
+
+    @property
+    def foreign(self) -> bool:
+        """A non-distributable layer, fetched by clients from its `urls`, not from the registry."""
+        return bool(self.urls) or self.media_type in FOREIGN_LAYER_TYPES
 
 
 class Trouble(_Word):

@@ -15,8 +15,7 @@ from typing import Optional
 
 from .client import RegistryClient
 from .errors import CheckError, DeadlineExceeded, RegistryError, UnsupportedDigest
-from .manifests import Descriptor
-from .model import Finding, OriginCheck
+from .model import Descriptor, Finding, OriginCheck
 from .resolve import Resolver
 from .transfer import BlobTransfer, stall_timeout
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import List, Sequence
 
 from .client import RegistryClient
-from .errors import CheckError, DeadlineExceeded
+from .errors import CheckError, RegistryError
 from .model import Finding, Kind, Target, TargetResult
 from .reference import Digest, ImageRef
 from .verify import check_manifest_digest
@@ -30,9 +30,7 @@ def compare_replica(client: RegistryClient, ref: ImageRef, ours: Digest, primary
     for descriptor in blobs.values():
         try:
             client.head_blob(ref.repository, descriptor.digest)
-        except DeadlineExceeded:
-            raise
-        except CheckError as exc:
+        except RegistryError as exc:
             affected = tuple(t.target for t in resolved if descriptor in t.blobs)
             findings.append(Finding(descriptor.kind, affected, digest=descriptor.digest, replica=replica, error=exc,
                                     size=descriptor.size, repository=ref.repository))

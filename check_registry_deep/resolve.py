@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence, Set, Tuple
 
 from .client import RegistryClient
 from .deadline import Deadline
-from .errors import CheckError, DeadlineExceeded, ManifestInvalid, SizeMismatch
+from .errors import CheckError, ManifestInvalid, RegistryError, SizeMismatch
 from .manifests import ImageManifest, IndexManifest, Manifest, parse_manifest
 from .model import Finding, Kind, Target, TargetResult
 from .reference import Digest, ImageRef, Platform
@@ -85,9 +85,7 @@ class Resolver:
             try:
                 self.deadline.check(f"resolving {ref}")
                 child_manifest, child_digest = self.fetch(client, ref, str(child.digest), child.digest, child.size)
-            except DeadlineExceeded:
-                raise
-            except CheckError as exc:
+            except RegistryError as exc:
                 findings.append(Finding(Kind.MANIFEST, (Target(ref, registry, child_platform),),
                                         digest=child.digest, image=ref, error=exc, size=child.size,
                                         repository=ref.repository))

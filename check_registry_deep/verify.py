@@ -21,7 +21,8 @@ from .errors import (
     Truncated,
     UnsupportedDigest,
 )
-from .manifests import Descriptor, schema1_payload
+from .manifests import schema1_payload
+from .model import Descriptor
 from .reference import Digest
 
 CHUNK_SIZE = 1 << 20

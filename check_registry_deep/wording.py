@@ -28,11 +28,6 @@ def human_bytes(count: float) -> str:
     return f"{count:.1f} TB"  # pragma: no cover
 
 
-def plain(text: str) -> str:
-    """Nagios reads `|` as the start of perfdata and a newline as the end of line 1."""
-    return text.replace("|", "/").replace("\n", " ")
-
-
 def cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "check_registry_deep"
 
 #: Gathering: talks to registries, knows nothing of Nagios states or of how results are shown.
 GATHERING = {"transport", "retry", "auth", "client", "manifests", "resolve", "transfer", "verify", "blobs",
-             "replicas", "discovery", "coverage", "pool", "scan", "origin"}
+             "replicas", "discovery", "coverage", "pool", "scan", "stages", "origin"}
 #: Judging and presenting: knows findings and states, nothing of HTTP.
 JUDGING = {"judge", "wording", "check", "report", "metrics"}
 
@@ -109,6 +109,14 @@ def test_judging_is_apart_from_wording_and_nagiosplugin_only_in_its_adapters():
     assert "wording" not in edges["judge"]
     for module in ("judge", "wording", "report"):
         assert not edges[module] & {"check", "external:nagiosplugin"}, module
+
+
+def test_the_values_know_no_module_that_uses_them():
+    """model.py holds the values every layer shares (Kind and Descriptor together), so it imports no layer, not
+    even for type checking."""
+    edges = graph()
+    assert {t for t in edges["model"] if not t.startswith("external:")} == {"errors", "reference"}
+    assert "TYPE_CHECKING" not in (PACKAGE / "model.py").read_text(encoding="utf-8")
 
 
 def test_the_entry_point_defers_everything_slow():

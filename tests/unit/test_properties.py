@@ -138,8 +138,8 @@ class FakeClient:
         pass
 
 
-#: Well-formed image manifests too: the hostile ones alone reach the blob stage about once in twenty runs,
-#: which hid a FakeClient without blob methods from most runs.
+#: Well-formed image manifests too: the hostile ones alone reach the blob stage about once in twenty runs, so
+#: most runs would never call FakeClient's blob methods.
 SHA256 = st.sampled_from(["sha256:" + c * 64 for c in "0abf"])
 IMAGE_MANIFESTS = st.fixed_dictionaries({
     "schemaVersion": st.just(2), "mediaType": st.sampled_from([OCI_MANIFEST, DOCKER_MANIFEST]),
