@@ -15,7 +15,7 @@ import nagiosplugin
 from .judge import Judgement, judge
 from .model import ScanResult
 from .states import CRITICAL, EXIT_CODES, NAME, OK, UNKNOWN, WARNING, plain, status_line, worst
-from .wording import describe, fit, long_output, ok_summary, problem_summary
+from .wording import fit, long_output, ok_summary, problem_summary
 
 NAGIOS_STATES = {OK: nagiosplugin.Ok, WARNING: nagiosplugin.Warn, CRITICAL: nagiosplugin.Critical,
                  UNKNOWN: nagiosplugin.Unknown}
@@ -47,14 +47,15 @@ class RegistryScan(nagiosplugin.Resource):
 
 
 class FindingContext(nagiosplugin.Context):
-    """Each finding and run problem, the deadline included, judged by `judge`."""
+    """Each finding and run problem, the deadline included, judged by `judge` (the text is wording.py's, from
+    the ScanSummary: the hint only names the item)."""
 
     def __init__(self, timeout_state: str):
         super().__init__("finding")
         self.timeout_state = timeout_state
 
     def evaluate(self, metric: nagiosplugin.Metric, resource: nagiosplugin.Resource) -> nagiosplugin.Result:
-        return self.result_cls(NAGIOS_STATES[judge(metric.value, self.timeout_state)], describe(metric.value), metric)
+        return self.result_cls(NAGIOS_STATES[judge(metric.value, self.timeout_state)], metric.value.label, metric)
 
 
 class ScanSummary(nagiosplugin.Summary):

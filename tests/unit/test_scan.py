@@ -95,14 +95,14 @@ def test_the_origins_answers_arrive_as_job_results_in_the_order_the_failures_wer
 
 def test_failures_the_origin_did_not_answer_in_time_say_so_and_are_kept():
     origin = ScriptedOrigin(hold=True)
-    result = scan(NoManifests(), origin, seconds=1.0)
+    result = scan(NoManifests(), origin, seconds=2.0)  # the origin's stage comes in milliseconds, then waits
     assert origin.asked == ["team/app:1"]  # one worker: the second question never started
     assert [(f.label, f.origin) for f in result.findings] == [
         ("team/app:1", OriginCheck(ORIGIN, skipped=NO_TIME)), ("team/db:2", OriginCheck(ORIGIN, skipped=NO_TIME))]
     assert result.interrupted is not None
-    assert str(result.interrupted).startswith("deadline of 1s passed while asking the origin (0 of 2 done); "
+    assert str(result.interrupted).startswith("deadline of 2s passed while asking the origin (0 of 2 done); "
                                               "waiting on manifest team/app:1 at 10.0.0.5:5000")
-    assert result.interrupted.brief == "deadline of 1s passed while asking the origin"
+    assert result.interrupted.brief == "deadline of 2s passed while asking the origin"
 
 
 def test_a_registry_that_failed_is_a_run_problem_and_never_asked_of_the_origin():
