@@ -29,6 +29,7 @@ from .scan import Scanner
 from .stages import Stage
 from .states import CRITICAL, UNKNOWN
 from .transport import TLSOptions
+from .wording import image_problems
 
 
 def run_check(options: CheckOptions) -> Tuple[str, int]:
@@ -76,8 +77,9 @@ def metrics_of(scan: ScanResult, given: Sequence[Tuple[ImageRef, str]]) -> Tuple
     WARNING; none when UNKNOWN, not judged), and counts; images found by discovery are only counted, so the
     series stay bounded."""
     named = {(str(ref), registry) for ref, registry in given}
+    problems = image_problems(scan)
     samples = tuple(ImageSample(v.target.registry, str(v.target.image), str(v.target.platform or ""),
-                                v.state != CRITICAL)
+                                v.state != CRITICAL, problems.get(v.target, "") if v.state == CRITICAL else "")
                     for v in image_verdicts(scan)
                     if (str(v.target.image), v.target.registry) in named and v.state != UNKNOWN)
     given_refs = {ref for ref, _ in given}

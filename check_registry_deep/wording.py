@@ -7,9 +7,9 @@ States come from judge.py; nothing here decides one. nagiosplugin's adapters (ch
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from .judge import ImageVerdict, Judged, Judgement, broken_at_origin, cache_only, image_verdicts
+from .judge import ImageVerdict, Judged, Judgement, broken_at_origin, cache_only, image_verdicts, judge
 from .model import Finding, Mode, OriginCheck, ScanResult, Target
 from .states import CRITICAL, OK, UNKNOWN, WARNING
 
@@ -78,6 +78,20 @@ def short(item: Judged) -> str:
     reason = str(item.error) if item.error is not None else "; ".join(item.caveats)
     label = f"{item.digest.short()}…" if item.digest is not None and not item.replica else item.label
     return f"{item.kind} {label} {cut(reason, 64)}"
+
+
+def image_problems(scan: ScanResult) -> Dict[Target, str]:
+    """What breaks each broken image and platform, worded as line 1 words a finding: the first CRITICAL finding
+    or problem that affects it (by kind and label, so that a run's worker order does not change it) and how many
+    more."""
+    broken: Dict[Target, List[Judged]] = {}
+    items: Tuple[Judged, ...] = scan.run_problems + scan.findings
+    for item in sorted(items, key=lambda i: (str(i.kind), i.label)):
+        if judge(item) == CRITICAL:
+            for target in item.affected:
+                broken.setdefault(target, []).append(item)
+    return {target: short(found[0]) + (f" and {len(found) - 1} more" if len(found) > 1 else "")
+            for target, found in broken.items()}
 
 
 def totals(scan: ScanResult) -> str:
