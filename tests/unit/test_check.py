@@ -159,6 +159,17 @@ def test_a_manifest_named_by_its_image_is_never_cut_like_a_digest():
     assert code == 2
 
 
+def test_image_problems_name_the_first_by_kind_and_label_whatever_order_they_were_found_in():
+    unreachable = RunProblem(Trouble.REGISTRY, TransportError(f"{REGISTRY} unreachable: connection refused"),
+                             REGISTRY, (T_DB,))
+    scan = scan_of(broken(D[6], SizeMismatch("truncated: got 5 of 100 bytes"), T_APP),
+                   broken(D[5], BlobUnknown("404 BLOB_UNKNOWN", 404, "BLOB_UNKNOWN"), T_APP, kind=Kind.CONFIG),
+                   problems=[unreachable])
+    assert wording.image_problems(scan) == {
+        T_APP: f"config {D[5].short()}… 404 BLOB_UNKNOWN and 1 more",
+        T_DB: f"{REGISTRY} unreachable: connection refused"}
+
+
 # -- WARNING ---------------------------------------------------------------------------------------------
 
 def test_warning_for_caveats():
