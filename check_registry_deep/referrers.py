@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -177,7 +178,7 @@ class ReferrerWalker:
                 if result.resolved and self.policy.follow:
                     queue.append((item.artifact.digest, owners, where, depth + 1))
         if skipped:
-            walk.findings.append(Finding(str(top), Kind.REFERRERS, owners_all, repository=ref.repository,
+            walk.findings.append(Finding(Kind.REFERRERS, owners_all, digest=top, repository=ref.repository,
                                          caveats=(BOUND_REACHED.format(count=skipped),)))
         if self.policy.require_signature:
             walk.signed, missing = self.judge_signatures(top, targets, walk.signatures)
@@ -198,8 +199,8 @@ class ReferrerWalker:
             raise
         except CheckError as exc:
             entries, found_by, caveats = (), FoundBy.API, ()
-            findings.append(Finding(str(subject), Kind.REFERRERS, owners, error=exc, repository=ref.repository))
-        findings += [Finding(str(subject), Kind.REFERRERS, owners, caveats=(c,), repository=ref.repository)
+            findings.append(Finding(Kind.REFERRERS, owners, digest=subject, error=exc, repository=ref.repository))
+        findings += [Finding(Kind.REFERRERS, owners, digest=subject, caveats=(c,), repository=ref.repository)
                      for c in caveats]
         for entry in entries:
             if signatures_only and entry.artifact_type not in SIGNATURE_ARTIFACT_TYPES:
@@ -216,8 +217,8 @@ class ReferrerWalker:
             except DeadlineExceeded:
                 raise
             except CheckError as exc:
-                findings.append(Finding(f"{ref.repository}:{tag}", Kind.MANIFEST, owners, error=exc,
-                                        repository=ref.repository))
+                findings.append(Finding(Kind.MANIFEST, owners, image=dataclasses.replace(ref, tag=tag, digest=None),
+                                        error=exc, repository=ref.repository))
                 continue
             listed.append(Listed(ArtifactId(digest, manifest.reported_type, FoundBy.COSIGN, tag),
                                  manifest=manifest))
@@ -316,7 +317,7 @@ class ReferrerWalker:
         except DeadlineExceeded:
             raise
         except CheckError as exc:
-            finding = Finding(str(digest), Kind.MANIFEST, (target,), error=exc, repository=ref.repository)
+            finding = Finding(Kind.MANIFEST, (target,), digest=digest, error=exc, repository=ref.repository)
             return ArtifactResult(target, subject, owners), (), [finding]
         if not item.artifact.artifact_type and manifest.reported_type:  # a list entry that named no type
             target = Target(where.image, where.registry, where.platform,
@@ -332,7 +333,7 @@ class ReferrerWalker:
                 except DeadlineExceeded:
                     raise
                 except CheckError as exc:
-                    findings.append(Finding(str(child.digest), Kind.MANIFEST, (target,), error=exc,
+                    findings.append(Finding(Kind.MANIFEST, (target,), digest=child.digest, error=exc,
                                             repository=ref.repository))
                     continue
                 if isinstance(fetched, ImageManifest):
@@ -363,7 +364,7 @@ class ReferrerWalker:
                 error = DigestMismatch(f"embedded data hashes to {actual}")
             else:
                 return []
-        return [Finding(str(descriptor.digest), descriptor.kind, (target,), error=error, size=descriptor.size,
+        return [Finding(descriptor.kind, (target,), digest=descriptor.digest, error=error, size=descriptor.size,
                         repository=ref.repository)]
 
     # -- signatures ----------------------------------------------------------------------------------------
@@ -435,10 +436,10 @@ class ReferrerWalker:
         except DeadlineExceeded:
             raise
         except CheckError as exc:
-            walk.findings.append(Finding(str(descriptor.digest), descriptor.kind, (target,), error=exc, size=size,
+            walk.findings.append(Finding(descriptor.kind, (target,), digest=descriptor.digest, error=exc, size=size,
                                          repository=ref.repository))
             return None
-        walk.findings.append(Finding(str(descriptor.digest), descriptor.kind, (target,), size=size, bytes_read=size,
+        walk.findings.append(Finding(descriptor.kind, (target,), digest=descriptor.digest, size=size, bytes_read=size,
                                      retries=retries, repository=ref.repository, mode=Mode.VERIFIED))
         return data
 
@@ -460,6 +461,6 @@ class ReferrerWalker:
                          SignatureInvalid(f"signature does not verify with {self.policy.key.path}"))
             signed.append((result.target, error is None))
             if error is not None:
-                findings.append(Finding(str(result.manifest_digest), Kind.SIGNATURE, (result.target,), error=error,
+                findings.append(Finding(Kind.SIGNATURE, (result.target,), digest=result.manifest_digest, error=error,
                                         repository=result.target.image.repository))
         return signed, findings
