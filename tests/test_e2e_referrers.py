@@ -333,3 +333,14 @@ def test_referrers_below_the_depth_bound_are_counted_not_verified(plugin, attach
     assert [image.digest in verified for image in chain[1:]] == [True, True, True, False]
     assert [(f["subject"], f["caveats"]) for f in document["content"] if f["caveats"]] == [
         (chain[0].digest, ["1 referrers not verified: bound reached"])]
+
+
+def test_a_bad_cosign_key_file_is_one_unknown_line(plugin, tmp_path):
+    missing = plugin("-R", "http://127.0.0.1:9", "-i", "lab/app:1.0", "--cosign-key", str(tmp_path / "none.pub"))
+    assert (missing.code, missing.stdout) == (3, f"REGISTRY_DEEP UNKNOWN - cannot read cosign key "
+                                                 f"{tmp_path / 'none.pub'}: No such file or directory\n")
+    (tmp_path / "junk.pub").write_text("not a key\n")
+    junk = plugin("-R", "http://127.0.0.1:9", "-i", "lab/app:1.0", "--cosign-key", str(tmp_path / "junk.pub"))
+    assert junk.code == 3 and len(junk.lines) == 1, junk.stdout
+    assert junk.first.startswith(f"REGISTRY_DEEP UNKNOWN - cosign key {tmp_path / 'junk.pub'}: expected a PEM public "
+                                 "key"), junk.first
