@@ -104,8 +104,10 @@ class RegistryScan(nagiosplugin.Resource):
         yield nagiosplugin.Metric("failed", len(failed), min=0, context="count")
         yield nagiosplugin.Metric("retries", result.retries, min=0, context="count")
         yield nagiosplugin.Metric("time", round(result.elapsed, 3), "s", min=0, context="time")
+        if result.freshness is not None:
+            yield nagiosplugin.Metric("unverified", result.freshness.never_verified, min=0, context="count")
         if result.oldest_verification is not None:
-            yield nagiosplugin.Metric("oldest", round(result.oldest_verification), "s", min=0, context="count")
+            yield nagiosplugin.Metric("oldest", round(result.oldest_verification), "s", min=0, context="oldest")
         for i, finding in enumerate(result.problems):
             yield nagiosplugin.Metric(f"finding{i}", finding, context="finding")
         if result.interrupted is not None:
@@ -168,9 +170,18 @@ def cache_only(finding: Finding) -> Optional[str]:
     return origin.address if origin is not None and not origin.skipped and origin.error is None else None
 
 
+def human_duration(seconds: float) -> str:
+    """`2d`, `1.5h`, `90s`: in the largest unit that fits, to a tenth."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{round(seconds / size, 1):g}{unit}"
+    return f"{round(seconds):g}s"
+
+
 class ScanSummary(nagiosplugin.Summary):
-    def __init__(self, verbose: int = 0):
+    def __init__(self, verbose: int = 0, max_age: Optional[float] = None):
         self.verbose_level = verbose
+        self.max_age = max_age
 
     @staticmethod
     def _scan(results: nagiosplugin.Results) -> ScanResult:
@@ -227,6 +238,11 @@ class ScanSummary(nagiosplugin.Summary):
         slow = [r for r in results if r.metric and r.metric.name == "time" and r.state != nagiosplugin.Ok]
         if slow:
             parts.append(f"run took {scan.elapsed:.1f}s ({slow[0].hint})")
+        stale = [r for r in results if r.metric and r.metric.name == "oldest" and r.state != nagiosplugin.Ok]
+        if stale and scan.freshness is not None and self.max_age is not None:
+            count = scan.freshness.older_than(self.max_age)
+            parts.append(f"{count} blob{'s' if count != 1 else ''} not deep-verified for over "
+                         f"{human_duration(self.max_age)} (--max-age; oldest {human_duration(stale[0].metric.value)})")
         if not broken and not deadline:
             parts.append(self._totals(scan))
         return _cut("; ".join(parts), MAX_SUMMARY)
@@ -284,13 +300,15 @@ class RegistryCheck(nagiosplugin.Check):
 
 
 def build_check(scan: Callable[[], ScanResult], *, warning: str = "", critical: str = "",
-                timeout_state: str = UNKNOWN, verbose: int = 0) -> RegistryCheck:
+                timeout_state: str = UNKNOWN, verbose: int = 0, max_age: Optional[float] = None) -> RegistryCheck:
+    """`max_age` (seconds, --max-age): WARNING when a blob's last deep verification is older (perfdata `oldest`)."""
     return RegistryCheck(
         RegistryScan(scan),
         nagiosplugin.ScalarContext("count"),
         nagiosplugin.ScalarContext("time", warning or None, critical or None),
+        nagiosplugin.ScalarContext("oldest", f"{max_age:g}" if max_age is not None else None),
         FindingContext(timeout_state),
-        ScanSummary(verbose))
+        ScanSummary(verbose, max_age))
 
 
 def _short(finding: Finding) -> str:

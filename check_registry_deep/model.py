@@ -113,6 +113,26 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Freshness:
+    """With --state-file: how long ago (seconds) each blob of this run was last deep-verified; a blob never
+    verified counts from the state file's creation."""
+
+    ages: Tuple[float, ...]
+    never_verified: int = 0
+    new_state: bool = False  # this run created the state file: a never-verified blob has waited for no time yet
+
+    @property
+    def oldest(self) -> Optional[float]:
+        """The stalest verification's age; None while it would read 0 s only because the state file is new."""
+        if not self.ages or (self.never_verified and self.new_state):
+            return None
+        return max(self.ages)
+
+    def older_than(self, seconds: float) -> int:
+        return sum(1 for age in self.ages if age > seconds)
+
+
+@dataclass(frozen=True)
 class ScanResult:
     images: Tuple[ImageRef, ...]
     targets: Tuple[TargetResult, ...]
@@ -121,7 +141,11 @@ class ScanResult:
     retries: int
     interrupted: Optional[DeadlineExceeded] = None
     notes: Tuple[str, ...] = ()  # about the whole run, e.g. TLS not verified
-    oldest_verification: Optional[float] = None  # seconds, with --state-file: the stalest blob's last deep check
+    freshness: Optional[Freshness] = None  # with --state-file
+
+    @property
+    def oldest_verification(self) -> Optional[float]:
+        return self.freshness.oldest if self.freshness else None
 
     @property
     def problems(self) -> Tuple[Finding, ...]:

@@ -65,6 +65,7 @@ class CheckOptions:
     warning: str = ""
     critical: str = ""
     verbose: int = 0
+    max_age: Optional[float] = None  # seconds (--max-age): WARNING when a blob's last deep verification is older
     access: AccessOptions = AccessOptions()
     scale: ScaleOptions = ScaleOptions()
     started: Optional[float] = None  # time.monotonic() when the process started: -t counts from there
