@@ -159,3 +159,25 @@ class ScanResult:
     def present_blobs(self) -> Tuple[Finding, ...]:
         """Blobs only confirmed present this run: their deep verification rotated to a later run."""
         return tuple(f for f in self.findings if f.error is None and f.mode == Mode.PRESENT)
+
+
+class Selection(_Word):
+    """The option whose selection matched nothing."""
+
+    REPOSITORY = "--repository"
+    ALL_TAGS = "--all-tags"
+    TAG_PATTERN = "--tag-pattern"
+    PLATFORM = "--platform"
+
+
+@dataclass(frozen=True)
+class EmptySelection:
+    """A selection that matched nothing: a --repository prefix without repositories in the catalog, repositories
+    without a tag that --all-tags or --tag-pattern selects, an index without a child for --platform. Judged
+    UNKNOWN, unless --allow-empty says it is fine."""
+
+    option: Selection
+    value: str  # the prefix, the pattern, the platforms
+    where: str  # the registry whose catalog was listed; the prefix whose tags were; the image whose index was read
+    found: Tuple[str, ...] = ()  # what there was instead: the repositories under the prefix, the index's platforms
+    target: Optional[Target] = None  # the image (--platform), for its own row

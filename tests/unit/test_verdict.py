@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 
 import pytest
 
 from check_registry_deep import check
 from check_registry_deep.atomic import replace_file, with_problem, write_file
 from check_registry_deep.cli import parse_duration
+from check_registry_deep.discovery import empty_selections
 from check_registry_deep.errors import UsageError
-from check_registry_deep.model import Finding, Freshness, Kind, ScanResult, Target
+from check_registry_deep.model import EmptySelection, Finding, Freshness, Kind, ScanResult, Selection, Target
+from check_registry_deep.options import DiscoveryOptions
 from check_registry_deep.reference import Digest, ImageRef
 
 REGISTRY = "http://127.0.0.1:5000"
@@ -104,3 +107,25 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(UsageError, match=r"invalid --max-age .*: expected a positive duration, e.g. 1d"):
         parse_duration("--max-age", text)
+
+
+# -- a selection that matches nothing ----------------------------------------------------------------------
+
+def refs(*texts):
+    return [ImageRef.parse(t) for t in texts]
+
+
+def test_each_prefix_without_repositories_is_an_empty_selection():
+    wanted = DiscoveryOptions(("apps", "appz", "base/"))
+    listed = {"apps/web": refs("apps/web:1"), "base/golden": refs("base/golden:1")}
+    assert empty_selections(wanted, REGISTRY, listed) == [EmptySelection(Selection.REPOSITORY, "appz", REGISTRY)]
+
+
+def test_repositories_without_a_selected_tag_are_an_empty_selection_of_the_pattern():
+    wanted = DiscoveryOptions(("apps",), re.compile("9.*"))
+    listed = {"apps/web": [], "apps/api": [], "base/golden": refs("base/golden:9")}
+    assert empty_selections(wanted, REGISTRY, listed) == [
+        EmptySelection(Selection.TAG_PATTERN, "9.*", "apps", ("apps/web", "apps/api"))]
+    assert empty_selections(DiscoveryOptions(("apps",)), REGISTRY, {"apps/web": []}) == [
+        EmptySelection(Selection.ALL_TAGS, "", "apps", ("apps/web",))]  # every tag deleted
+    assert empty_selections(wanted, REGISTRY, {"apps/web": [], "apps/api": refs("apps/api:9")}) == []
