@@ -9,7 +9,7 @@ import sys
 import tempfile
 from typing import Optional, Tuple
 
-from .states import EXIT_CODES, OK, UNKNOWN, status_line
+from .states import EXIT_CODES, OK, UNKNOWN, plain, status_line
 
 
 def replace_file(path: str, data: bytes, *, mode: int = 0o600) -> None:
@@ -52,7 +52,7 @@ def with_problem(output: str, exitcode: int, problem: Optional[str], text: bool 
     JSON), UNKNOWN if the run was OK, the state as it was otherwise (a broken registry stays CRITICAL)."""
     if problem is None:
         return output, exitcode
-    problem = problem.replace("|", "/").replace("\n", " ")  # a | would start perfdata
+    problem = plain(problem)
     worse = exitcode if exitcode != EXIT_CODES[OK] else EXIT_CODES[UNKNOWN]
     if not text:
         sys.stderr.write(problem + "\n")
