@@ -58,7 +58,8 @@ def run_check(options: CheckOptions) -> Tuple[str, int]:
                           progress=progress)
         check = build_check(lambda: remember(scanner.scan(options.images), coverage, access),
                             warning=options.warning, critical=options.critical, timeout_state=options.timeout_state,
-                            verbose=options.verbose, max_age=options.max_age)
+                            verbose=options.verbose, max_age=options.max_age,
+                            allow_empty=options.allow_empty)
         check()
     scan: ScanResult = check.resources[0].result
     text = scale.json != "-"

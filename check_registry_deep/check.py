@@ -12,10 +12,10 @@ from typing import Callable, Iterator, List, Optional
 
 import nagiosplugin
 
-from .judge import Judgement, judge
+from .judge import Judgement, judge, judge_empty
 from .model import ScanResult
 from .states import CRITICAL, EXIT_CODES, NAME, OK, UNKNOWN, WARNING, plain, status_line, worst
-from .wording import fit, long_output, ok_summary, problem_summary
+from .wording import empty_text, fit, long_output, ok_summary, problem_summary
 
 NAGIOS_STATES = {OK: nagiosplugin.Ok, WARNING: nagiosplugin.Warn, CRITICAL: nagiosplugin.Critical,
                  UNKNOWN: nagiosplugin.Unknown}
@@ -46,6 +46,8 @@ class RegistryScan(nagiosplugin.Resource):
             yield nagiosplugin.Metric("oldest", round(result.oldest_verification), "s", min=0, context="oldest")
         for i, item in enumerate(Judgement(result).listed):
             yield nagiosplugin.Metric(f"finding{i}", item, context="finding")
+        for i, empty in enumerate(result.empty):
+            yield nagiosplugin.Metric(f"empty{i}", empty, context="empty")
 
 
 class FindingContext(nagiosplugin.Context):
@@ -60,13 +62,26 @@ class FindingContext(nagiosplugin.Context):
         return self.result_cls(NAGIOS_STATES[judge(metric.value, self.timeout_state)], metric.value.label, metric)
 
 
+class EmptyContext(nagiosplugin.Context):
+    """Each selection that matched nothing, judged by `judge_empty`."""
+
+    def __init__(self, allow_empty: bool):
+        super().__init__("empty")
+        self.allow_empty = allow_empty
+
+    def evaluate(self, metric: nagiosplugin.Metric, resource: nagiosplugin.Resource) -> nagiosplugin.Result:
+        return self.result_cls(NAGIOS_STATES[judge_empty(self.allow_empty)], empty_text(metric.value), metric)
+
+
 class ScanSummary(nagiosplugin.Summary):
     """Line 1 and the long output, worded from the judged scan; only the wall time's and the oldest
     verification's states come from the results (nagiosplugin's ScalarContexts judge -w/-c and --max-age)."""
 
     def __init__(self, scan: RegistryScan, time: nagiosplugin.ScalarContext, timeout_state: str, verbose: int = 0,
-                 oldest: Optional[nagiosplugin.ScalarContext] = None, max_age: Optional[float] = None):
+                 oldest: Optional[nagiosplugin.ScalarContext] = None, max_age: Optional[float] = None,
+                 allow_empty: bool = False):
         self.scan = scan
+        self.allow_empty = allow_empty
         self.time = time
         self.timeout_state = timeout_state
         self.verbose_level = verbose
@@ -74,7 +89,7 @@ class ScanSummary(nagiosplugin.Summary):
         self.max_age = max_age
 
     def _judgement(self) -> Judgement:
-        return Judgement(self.scan.result, self.timeout_state)
+        return Judgement(self.scan.result, self.timeout_state, self.allow_empty)
 
     @staticmethod
     def worst(results: nagiosplugin.Results) -> str:
@@ -117,13 +132,16 @@ class RegistryCheck(nagiosplugin.Check):
 
 
 def build_check(scan: Callable[[], ScanResult], *, warning: str = "", critical: str = "",
-                timeout_state: str = UNKNOWN, verbose: int = 0, max_age: Optional[float] = None) -> RegistryCheck:
-    """`max_age` (seconds, --max-age): WARNING when a blob's last deep verification is older (perfdata `oldest`)."""
+                timeout_state: str = UNKNOWN, verbose: int = 0, max_age: Optional[float] = None,
+                allow_empty: bool = False) -> RegistryCheck:
+    """`max_age` (seconds, --max-age): WARNING when a blob's last deep verification is older (perfdata `oldest`);
+    `allow_empty` (--allow-empty): a selection that matches nothing is OK, not UNKNOWN."""
     resource = RegistryScan(scan)
     time = nagiosplugin.ScalarContext("time", warning or None, critical or None)
     oldest = nagiosplugin.ScalarContext("oldest", f"{max_age:g}" if max_age is not None else None)
     return RegistryCheck(resource, nagiosplugin.ScalarContext("count"), time, oldest, FindingContext(timeout_state),
-                         ScanSummary(resource, time, timeout_state, verbose, oldest, max_age))
+                         EmptyContext(allow_empty),
+                         ScanSummary(resource, time, timeout_state, verbose, oldest, max_age, allow_empty))
 
 
 def render(check: RegistryCheck) -> str:

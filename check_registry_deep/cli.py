@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
              "needs --all-tags or --tag-pattern")
     add("--all-tags", action="store_true", help="with --repository: every tag of each repository")
     add("--tag-pattern", metavar="REGEX", help="with --repository: the tags that fully match REGEX")
+    add("--allow-empty", action="store_true", help="a selection that matches nothing is fine (OK, said in a note): "
+        "a --repository prefix without repositories, repositories without a tag --all-tags or --tag-pattern "
+        "selects, an index without a child for --platform; without it each is UNKNOWN")
     add("--compare-registry", metavar="URL", action="append", default=[],
         help="a replica of --registry (another datacenter, a mirror), repeatable: it must serve the same manifest "
              "for each image (else WARNING) and have every blob (else CRITICAL)")
@@ -301,7 +304,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         output, exitcode = run_check(CheckOptions(
             tuple(images), seconds=seconds, timeout_state=timeout_state, workers=options.workers,
             platforms=tuple(platforms), warning=options.warning, critical=options.critical, verbose=verbose,
-            max_age=max_age, access=access, scale=scale, started=started))
+            max_age=max_age, allow_empty=options.allow_empty, access=access, scale=scale, started=started))
     except UsageError as exc:
         output, exitcode = publish(metrics_file, status_line(UNKNOWN, str(exc)) + "\n",
                                    EXIT_CODES[UNKNOWN], started)

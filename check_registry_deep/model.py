@@ -194,6 +194,8 @@ class ScanResult:
     run_problems: Tuple[RunProblem, ...] = ()  # a registry that failed, a bug of ours (the deadline: `interrupted`)
     notes: Tuple[str, ...] = ()  # about the whole run, e.g. TLS not verified
     freshness: Optional[Freshness] = None  # with --state-file
+    selected: Tuple[Target, ...] = ()  # every image the run set out to check (given or listed), with its registry
+    empty: Tuple[EmptySelection, ...] = ()  # selections that matched nothing
 
     @property
     def oldest_verification(self) -> Optional[float]:

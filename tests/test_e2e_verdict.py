@@ -14,6 +14,8 @@ from typing import Iterator
 
 import pytest
 
+from registry_lab.faults import Drip, FaultProxy, Silence
+
 pytestmark = pytest.mark.e2e
 
 #: A valid file of each kind, as an earlier run left it: it must survive a failed write byte for byte.
@@ -168,3 +170,84 @@ def test_max_age_needs_a_state_file_and_a_duration(plugin, pristine):
         "REGISTRY_DEEP UNKNOWN - --max-age needs --state-file (it remembers when each blob was verified)"
     assert plugin("-R", pristine.url, "-i", "a:1", "--state-file", "/tmp/x", "--max-age", "soon").first == \
         "REGISTRY_DEEP UNKNOWN - invalid --max-age 'soon': expected a positive duration, e.g. 1d, 12h, 90m or 3600s"
+
+
+# -- a selection that matches nothing ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, start", [
+    (["--repository", "appz", "--all-tags"], "--repository appz matched no repository in the catalog of {url} | "),
+    (["--repository", "apps", "--tag-pattern", "9.*"],
+     "--tag-pattern '9.*' matched no tag of the 7 repositories under --repository apps | "),
+    # one prefix that matches nothing is a typo, however many others match
+    (["--repository", "base", "--repository", "appz", "--all-tags"],
+     "--repository appz matched no repository in the catalog of {url}; 1 image, 2 blobs, 1.0 MB verified in "),
+], ids=["no-repository", "no-tag", "one-prefix-of-two"])
+def test_discovery_that_matches_nothing_is_unknown(plugin, pristine, args, start):
+    run = plugin("-R", pristine.url, *args)
+    assert run.code == 3, run.stdout
+    assert run.first.startswith("REGISTRY_DEEP UNKNOWN - " + start.format(url=pristine.url)), run.first
+
+
+def test_a_platform_that_no_child_of_an_index_has_is_unknown_for_that_image(plugin, pristine):
+    run = plugin("-R", pristine.url, "-i", "apps/multi:1.0", "--platform", "linux/s390x")
+    assert run.code == 3, run.stdout
+    assert run.first.startswith("REGISTRY_DEEP UNKNOWN - --platform linux/s390x matched no child of apps/multi:1.0 "
+                                "(it has linux/amd64, linux/arm64/v8) | "), run.first
+    # a plain image has no children to choose from: it is checked whatever --platform says
+    mixed = plugin("-R", pristine.url, "-i", "apps/multi:1.0", "-i", "apps/web:1.0", "--platform", "linux/s390x",
+                   "-v")
+    assert mixed.code == 3, mixed.stdout
+    assert mixed.first.startswith("REGISTRY_DEEP UNKNOWN - --platform linux/s390x matched no child of apps/multi:1.0 "
+                                  "(it has linux/amd64, linux/arm64/v8); 2 images, 3 blobs, 1.3 MB verified in "), \
+        mixed.first
+    assert "image apps/multi:1.0: nothing selected: UNKNOWN" in mixed.lines
+    assert any(line.startswith("image apps/web:1.0: manifest sha256:") and line.endswith(": OK")
+               for line in mixed.lines), mixed.stdout
+
+
+def test_allow_empty_says_an_empty_selection_is_fine(plugin, pristine):
+    run = plugin("-R", pristine.url, "--repository", "appz", "--all-tags", "--allow-empty")
+    assert run.code == 0, run.stdout
+    assert run.first.startswith("REGISTRY_DEEP OK - 0 images, 0 blobs, 0 B verified in "), run.first
+    assert run.lines[1] == f"note: --repository appz matched no repository in the catalog of {pristine.url} " \
+                           "(--allow-empty)"
+    platform = plugin("-R", pristine.url, "-i", "apps/multi:1.0", "--platform", "linux/s390x", "--allow-empty")
+    assert platform.code == 0, platform.stdout
+
+
+# -- the deadline: not checked, never broken ---------------------------------------------------------------
+
+SILENT_MANIFESTS = ("apps/api", "apps/slim", "apps/web")
+
+
+@pytest.mark.parametrize("timeout, code, word", [("3", 3, "UNKNOWN"), ("3:critical", 2, "CRITICAL"),
+                                                 ("3:ok", 0, "OK")])
+def test_images_not_reached_before_the_deadline_are_not_checked_never_broken(plugin, pristine, lab, timeout, code,
+                                                                             word):
+    with FaultProxy(pristine.url) as proxy:
+        for repository in SILENT_MANIFESTS:
+            proxy.add(rf"^GET /v2/{repository}/manifests/", Silence(), times=None)
+        run = plugin("-R", proxy.url, *image_args(lab.images.refs()), "-t", timeout, "-v")
+    assert run.code == code, run.stdout
+    # which of the silent manifests it names depends on who saw the deadline first: the scan, or a request
+    assert re.match(rf"REGISTRY_DEEP {word} - 9 images not checked: deadline of 3s passed while resolving manifests "
+                    r"\(\d of 9 done\); waiting on manifest of apps/(api|slim|web):1\.0", run.first), run.first
+    assert "broken" not in run.stdout.lower()
+    assert run.lines[1].endswith("; not checked: " + ", ".join(sorted(lab.images.refs()))), run.stdout
+    rows = [line for line in run.lines if line.startswith("image ")]
+    assert len(rows) == 11 and all(row.endswith(": not checked (deadline)") for row in rows), run.stdout
+
+
+def test_a_blob_not_reached_before_the_deadline_leaves_its_images_not_checked(plugin, pristine, lab):
+    golden = lab.images.golden.digest
+    with FaultProxy(pristine.url) as proxy:
+        # a byte now and then: never a stall (that would be a broken blob), never done before the deadline
+        proxy.add(rf"^GET /v2/[^ ]+/blobs/{golden}", Drip(0.1), times=None)
+        run = plugin("-R", proxy.url, *image_args(lab.images.refs()), "-t", "3", "-v")
+    assert run.code == 3, run.stdout
+    assert re.match(rf"REGISTRY_DEEP UNKNOWN - 8 images not checked: deadline of 3s passed while verifying blobs "
+                    rf"\(\d+ of \d+ done\); waiting on layer {golden[:19]}", run.first), run.first
+    assert "broken" not in run.stdout.lower()
+    assert any(line.startswith("image artifacts/sbom:1.0: manifest ") and line.endswith(": OK")
+               for line in run.lines), run.stdout
+    assert sum(1 for line in run.lines if line.endswith(": not checked (deadline)")) == 10  # 8 images, 10 rows

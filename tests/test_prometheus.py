@@ -184,8 +184,8 @@ def test_timeouts_and_usage_errors_write_a_file_node_exporter_reads_next_to_othe
         timeout = plugin("-R", silent.url, "-i", "apps/web:1.0", "-t", "1", "--metrics-file",
                          str(textfile / "timeout.prom"))
     assert timeout.code == 3
-    assert timeout.first.startswith("REGISTRY_DEEP UNKNOWN - deadline of 1s passed while checking the registry API"), \
-        timeout.first
+    assert timeout.first.startswith("REGISTRY_DEEP UNKNOWN - 1 image not checked: deadline of 1s passed while "
+                                    "checking the registry API"), timeout.first
     # argparse refuses the command line: --metrics-file is still found
     refused = plugin("-R", pristine.url, "--bogus", "--metrics-file", str(textfile / "refused.prom"))
     assert (refused.code, refused.stdout) == (

@@ -1,4 +1,5 @@
-"""The judging decisions behind "no false OK and no false breakage": files that cannot be written, --max-age."""
+"""The judging decisions behind "no false OK and no false breakage": files that cannot be written, --max-age,
+selections that match nothing, images the deadline left unchecked."""
 
 from __future__ import annotations
 
@@ -12,14 +13,27 @@ from check_registry_deep import check
 from check_registry_deep.atomic import replace_file, with_problem, write_file
 from check_registry_deep.cli import parse_duration
 from check_registry_deep.discovery import empty_selections
-from check_registry_deep.errors import UsageError
-from check_registry_deep.model import EmptySelection, Finding, Freshness, Kind, ScanResult, Selection, Target
+from check_registry_deep.errors import DeadlineExceeded, SizeMismatch, UsageError
+from check_registry_deep.judge import Judgement, image_verdicts, not_checked
+from check_registry_deep.manifests import LAYER as LAYER_TYPE
+from check_registry_deep.manifests import Descriptor
+from check_registry_deep.model import (
+    EmptySelection,
+    Finding,
+    Freshness,
+    Kind,
+    ScanResult,
+    Selection,
+    Target,
+    TargetResult,
+)
 from check_registry_deep.options import DiscoveryOptions
 from check_registry_deep.reference import Digest, ImageRef
+from check_registry_deep.wording import empty_text
 
 REGISTRY = "http://127.0.0.1:5000"
 APP = ImageRef.parse("team/app:1")
-LAYER = Finding(str(Digest.of(b"layer")), Kind.LAYER, (Target(APP, REGISTRY),), size=1000, bytes_read=1000)
+LAYER = Finding(Kind.LAYER, (Target(APP, REGISTRY),), digest=Digest.of(b"layer"), size=1000, bytes_read=1000)
 DAY = 86400.0
 
 
@@ -129,3 +143,100 @@ def test_repositories_without_a_selected_tag_are_an_empty_selection_of_the_patte
     assert empty_selections(DiscoveryOptions(("apps",)), REGISTRY, {"apps/web": []}) == [
         EmptySelection(Selection.ALL_TAGS, "", "apps", ("apps/web",))]  # every tag deleted
     assert empty_selections(wanted, REGISTRY, {"apps/web": [], "apps/api": refs("apps/api:9")}) == []
+
+
+def render(scan, **options):
+    plugin = check.build_check(lambda: scan, **options)
+    plugin()
+    return check.render(plugin).splitlines(), plugin.exitcode
+
+
+MULTI = ImageRef.parse("team/multi:1")
+NO_ARM = EmptySelection(Selection.PLATFORM, "linux/s390x", str(MULTI), ("linux/amd64",), Target(MULTI, REGISTRY))
+
+
+def test_a_selection_that_matches_nothing_is_unknown_beside_what_was_checked():
+    lines, code = render(ScanResult((APP, MULTI), (), (LAYER,), 0.5, 0, empty=(NO_ARM,)))
+    assert code == 3
+    assert lines[0].startswith("REGISTRY_DEEP UNKNOWN - --platform linux/s390x matched no child of team/multi:1 "
+                               "(it has linux/amd64); 2 images, 1 blob, 1.0 kB verified in 0.5s | ")
+    assert lines[1] == "UNKNOWN: --platform linux/s390x matched no child of team/multi:1 (it has linux/amd64)"
+
+
+def test_allow_empty_makes_it_a_note():
+    lines, code = render(ScanResult((APP, MULTI), (), (LAYER,), 0.5, 0, empty=(NO_ARM,)), allow_empty=True)
+    assert code == 0
+    assert lines[1] == "note: --platform linux/s390x matched no child of team/multi:1 (it has linux/amd64) " \
+                       "(--allow-empty)"
+
+
+def test_a_broken_blob_stays_critical_beside_an_empty_selection():
+    broken = Finding(Kind.LAYER, (Target(APP, REGISTRY),), digest=Digest.of(b"layer"), size=1000,
+                     error=SizeMismatch("truncated: got 10 of 1000 bytes"))
+    lines, code = render(ScanResult((APP, MULTI), (), (broken,), 0.5, 0, empty=(NO_ARM,)))
+    assert code == 2
+    assert "; --platform linux/s390x matched no child of team/multi:1" in lines[0]
+
+
+@pytest.mark.parametrize("empty, text", [
+    (EmptySelection(Selection.REPOSITORY, "appz", REGISTRY), f"--repository appz matched no repository in the catalog "
+                                                            f"of {REGISTRY}"),
+    (EmptySelection(Selection.TAG_PATTERN, "9.*", "apps", ("apps/web",)),
+     "--tag-pattern '9.*' matched no tag of the 1 repository under --repository apps"),
+    (EmptySelection(Selection.ALL_TAGS, "", "apps", ("apps/web", "apps/api")),
+     "--all-tags found no tag in the 2 repositories under --repository apps"),
+])
+def test_what_matched_nothing_is_said(empty, text):
+    assert empty_text(empty) == text
+
+
+# -- the deadline ------------------------------------------------------------------------------------------
+
+WEB, DB = ImageRef.parse("team/web:1"), ImageRef.parse("team/db:1")
+BLOB = [Descriptor(LAYER_TYPE, Digest.of(f"blob {i}".encode()), 100) for i in range(3)]
+T_WEB, T_DB, T_APP = Target(WEB, REGISTRY), Target(DB, REGISTRY), Target(APP, REGISTRY)
+PASSED = DeadlineExceeded("deadline of 3s passed while verifying blobs (1 of 3 done); waiting on layer x",
+                          brief="deadline of 3s passed while verifying blobs")
+
+
+def blob_finding(descriptor, *affected, error=None):
+    return Finding(Kind.LAYER, affected, digest=descriptor.digest, size=100, bytes_read=0 if error else 100,
+                   error=error)
+
+
+def test_images_the_deadline_left_unfinished_are_not_checked_and_a_broken_one_stays_broken():
+    targets = (TargetResult(T_WEB, Digest.of(b"web"), (BLOB[0], BLOB[1])),  # BLOB[1] never came back
+               TargetResult(T_DB, Digest.of(b"db"), (BLOB[0],)),  # all verified
+               TargetResult(T_APP, Digest.of(b"app"), (BLOB[2], BLOB[1])))  # BLOB[2] broken
+    findings = (blob_finding(BLOB[0], T_WEB, T_DB),
+                blob_finding(BLOB[2], T_APP, error=SizeMismatch("truncated: got 10 of 100 bytes")))
+    unresolved = Target(ImageRef.parse("team/late:1"), REGISTRY)
+    scan = ScanResult((WEB, DB, APP, unresolved.image), targets, findings, 3.0, 0, PASSED,
+                      selected=(T_WEB, T_DB, T_APP, unresolved))
+    assert not_checked(scan) == (T_WEB, unresolved)
+    states = {str(v.target): (v.state, v.unjudged is not None) for v in image_verdicts(scan)}
+    assert states == {"team/web:1": ("unknown", True), "team/db:1": ("ok", False), "team/app:1": ("critical", False),
+                      "team/late:1": ("unknown", True)}
+    lines, code = render(scan, timeout_state="warning")
+    assert code == 2
+    assert lines[0].startswith("REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 1 of 4 images: layer ")
+    assert lines[0].split(" | ")[0].endswith("; 2 images not checked: deadline of 3s passed while verifying blobs "
+                                             "(1 of 3 done); waiting on layer x")
+
+
+@pytest.mark.parametrize("timeout_state, code", [("unknown", 3), ("critical", 2), ("ok", 0)])
+def test_the_deadline_state_stays_what_t_says(timeout_state, code):
+    scan = ScanResult((WEB,), (), (), 3.0, 0, PASSED, selected=(T_WEB,))
+    lines, exitcode = render(scan, timeout_state=timeout_state, verbose=1)
+    assert exitcode == code
+    assert lines[0].startswith(f"REGISTRY_DEEP {timeout_state.upper()} - 1 image not checked: deadline of 3s passed ")
+    assert "image team/web:1: not checked (deadline)" in lines
+
+
+def test_content_not_reached_for_lack_of_time_is_never_counted_as_broken():
+    late = Finding(Kind.MANIFEST, (T_WEB,), image=WEB, error=DeadlineExceeded("deadline of 3s passed during GET"))
+    scan = ScanResult((WEB,), (), (late,), 3.0, 0, PASSED, selected=(T_WEB,))
+    lines, code = render(scan, timeout_state="critical")
+    assert code == 2  # the -t state, from the deadline
+    assert "broken" not in "\n".join(lines) and not Judgement(scan).failures
+    assert not_checked(scan) == (T_WEB,)
