@@ -21,7 +21,7 @@ from .deadline import Deadline
 from .errors import DeadlineExceeded, InternalError
 from .model import Finding, RunProblem, ScanResult, Target, TargetResult, Trouble
 from .options import DiscoveryOptions
-from .origin import OriginChecker, worth_asking
+from .origin import OriginChecker
 from .pool import WorkerPool
 from .reference import ImageRef, Platform
 from .stages import Job, JobResult, Lane, Stage, StageJobs
@@ -139,11 +139,8 @@ class Scanner:
         now = self.deadline.elapsed()
         lane.targets.extend(result.targets)
         lane.empty.extend(result.empty)
-        found = [dataclasses.replace(f, finished=now) for f in result.findings]
-        if Stage.ORIGIN in lane.stages and lane.current in (Stage.RESOLVE, Stage.BLOBS):
-            lane.unasked += [f for f in found if worth_asking(f)]
-            found = [f for f in found if not worth_asking(f)]
-        findings += found + list(result.answered)
+        findings += lane.hold_for_origin([dataclasses.replace(f, finished=now) for f in result.findings])
+        findings += result.answered
         if self.origin is not None:  # what the run downloads counts against --max-bytes before the origin's own
             self.origin.charge(sum(f.bytes_read for f in result.findings))
         problems += [dataclasses.replace(p, finished=now) for p in result.problems]
