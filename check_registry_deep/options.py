@@ -75,6 +75,8 @@ class CheckOptions:
     warning: str = ""
     critical: str = ""
     verbose: int = 0
+    max_age: Optional[float] = None  # seconds (--max-age): WARNING when a blob's last deep verification is older
+    allow_empty: bool = False  # a selection that matches nothing is fine (else UNKNOWN)
     access: AccessOptions = AccessOptions()
     scale: ScaleOptions = ScaleOptions()
     attachments: AttachmentOptions = AttachmentOptions()
