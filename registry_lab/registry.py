@@ -39,6 +39,12 @@ def stop_process(process: Optional[subprocess.Popen], grace: float = 5.0, first:
         process.wait()
 
 
+def lab_environment() -> Dict[str, str]:
+    """The environment of a daemon the lab starts: no AWS_* variables (docker-registry 2.8's s3 driver panics at
+    start on an AWS_CA_BUNDLE, and none of them is the lab's to pass on)."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+
+
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -90,7 +96,8 @@ class LocalRegistry:
         config_path.write_text(json.dumps(self.config(), indent=1))  # JSON is YAML: no yaml module needed
         log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child process, closed right after)
         self.process = subprocess.Popen([REGISTRY_BINARY, "serve", str(config_path)], stdout=log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env=lab_environment())
         log.close()
         until = time.monotonic() + wait
         while time.monotonic() < until:
@@ -225,6 +232,33 @@ class LocalRegistry:
             if match:
                 entries.append(match.groupdict())
         return entries
+
+
+class ObjectStoreRegistry(LocalRegistry):
+    """A LocalRegistry whose storage is an object store (Swift, S3): the bytes live there, so the manifests it
+    pushed are also kept in `workdir/pushed`, where images.py reads them back (`blob_path`)."""
+
+    def __init__(self, workdir: Path, **kwargs):
+        super().__init__(workdir, **kwargs)
+        self.pushed = self.workdir / "pushed"
+
+    def push_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
+        digest = super().push_manifest(repository, reference, body, media_type)
+        path = self.blob_path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+        return digest
+
+    def blob_path(self, digest: str) -> Path:
+        """A local copy of a manifest this registry pushed (the bytes live in the object store)."""
+        algorithm, hexpart = digest.split(":", 1)
+        return self.pushed / algorithm / hexpart
+
+    @staticmethod
+    def object_name(digest: str) -> str:
+        """Where distribution keeps a blob's bytes, below the driver's root (a container, a bucket)."""
+        algorithm, hexpart = digest.split(":", 1)
+        return f"{STORAGE_PREFIX}/blobs/{algorithm}/{hexpart[:2]}/{hexpart}/data"
 
 
 class SilentServer:
