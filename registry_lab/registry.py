@@ -224,9 +224,10 @@ class LocalRegistry:
     # -- what the registry saw -------------------------------------------------------------------------
 
     def access_log(self) -> List[Dict[str, str]]:
-        """Every request the registry logged (method, path, user agent), from its access log."""
+        """Every request the registry logged (method, path, status, user agent), from its access log."""
         entries = []
-        pattern = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[0-9.]+" \d+ \S+ "[^"]*" "(?P<agent>[^"]*)"')
+        pattern = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[0-9.]+" (?P<status>\d+) \S+ "[^"]*" '
+                             r'"(?P<agent>[^"]*)"')
         for line in self.log_path.read_text(errors="replace").splitlines():
             match = pattern.search(line)
             if match:

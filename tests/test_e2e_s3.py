@@ -104,3 +104,129 @@ def test_the_front_refuses_a_presigned_request_that_carries_authorization(s3, st
     response = requests.get(url, timeout=10, auth=("someone", "secret"))
     assert xml_error(response) == (400, "InvalidArgument", ONE_AUTH)
     assert [code for code, _ in s3.front.refused] == ["InvalidArgument"]
+
+
+# -- the plugin on the S3 lab ----------------------------------------------------------------------------
+
+GOLDEN_BREAKS_8 = "REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 8 of 9 images: layer {short}… "
+OK_LINE = "REGISTRY_DEEP OK - 9 images, 22 blobs, 3.4 MB verified in "
+
+
+def sentinel_run(plugin, registry, s3, *extra):
+    return plugin("-R", registry.url, *[a for ref in s3.images.refs() for a in ("-i", ref)], *extra)
+
+
+def golden_line(run, s3):
+    golden = s3.images.golden.digest
+    lines = [line for line in run.lines[1:] if line.startswith(f"CRITICAL: layer {golden}: ")]
+    assert len(lines) == 1, run.stdout
+    return lines[0][len(f"CRITICAL: layer {golden}: "):].split(" - breaks ")[0]
+
+
+def storage_host(s3):
+    return f"127.0.0.1:{s3.front.port}"
+
+
+def test_healthy_every_blob_get_is_redirected_to_the_storage(plugin, s3, start_registry):
+    registry = start_registry()
+    run = sentinel_run(plugin, registry, s3)
+    assert run.code == 0, run.stdout
+    assert run.first.startswith(OK_LINE), run.first
+    ours = [e for e in registry.access_log() if "check_registry_deep/" in e["agent"] and "/blobs/" in e["path"]]
+    gets = [e for e in ours if e["method"] == "GET"]
+    assert gets and {e["status"] for e in ours} == {"307"}, ours  # every blob GET and HEAD answered by a redirect
+    digests = {e["path"].rsplit("/", 1)[1] for e in gets}
+    assert len(digests) == 22
+    # ... and each was then fetched from the storage with the presigned URL, with no credential
+    fetched = {r["path"].split("/data?")[0].rsplit("/", 1)[1] for r in s3.front.presigned() if r["method"] == "GET"}
+    assert {d.split(":")[1] for d in digests} <= fetched
+    assert not [r for r in s3.front.presigned() if "Authorization" in r], "a credential went to the storage"
+    assert s3.front.refused == []
+
+
+def test_truncated_object(plugin, s3, start_registry):
+    registry = start_registry()
+    registry.truncate_blob(s3.images.golden.digest, 100)
+    run = sentinel_run(plugin, registry, s3)
+    assert run.code == 2, run.stdout
+    assert run.first.startswith(GOLDEN_BREAKS_8.format(short=s3.images.golden.digest[:19]) +
+                                "truncated: Content-Length says 100 of 1048576 bytes | "), run.first
+    assert golden_line(run, s3) == "truncated: Content-Length says 100 of 1048576 bytes"
+
+
+def test_altered_object(plugin, s3, start_registry):
+    registry = start_registry()
+    registry.flip_byte(s3.images.golden.digest, 5000)
+    run = sentinel_run(plugin, registry, s3)
+    assert run.code == 2, run.stdout
+    assert golden_line(run, s3).startswith("digest mismatch: got sha256:"), run.stdout
+
+
+def test_deleted_object_behind_a_registry_that_still_lists_it_names_the_storage(plugin, s3, start_registry):
+    """The registry's blob-descriptor cache (Debian's default) still knows the blob and redirects; the storage
+    answers 404 NoSuchKey. Was: `404 BLOB_UNKNOWN in every repository that references it (…)`: a code the plugin
+    filled in, the same words as a blob the registry itself lost."""
+    registry = start_registry()
+    assert sentinel_run(plugin, registry, s3).code == 0  # the registry has seen every blob
+    registry.delete_blob(s3.images.golden.digest)
+    run = sentinel_run(plugin, registry, s3)
+    assert run.code == 2, run.stdout
+    expected = (f"404 NoSuchKey (The specified key does not exist.) from the storage at {storage_host(s3)} "
+                "(redirected by the registry; the registry still lists the blob)")
+    assert golden_line(run, s3) == expected, run.stdout
+    assert run.first.startswith(GOLDEN_BREAKS_8.format(short=s3.images.golden.digest[:19]) + "404 NoSuchKey"), \
+        run.first
+
+
+def test_expired_presigned_url_names_the_storage_and_what_it_said(plugin, s3, start_registry):
+    """Was: `layer sha256:…: 403`: S3's XML (AccessDenied, Request has expired) and its host dropped."""
+    registry = start_registry()
+    s3.front.clock_offset = 1201  # the storage's clock is past the 20 minutes distribution presigns for
+    run = sentinel_run(plugin, registry, s3, "-i", "base/golden:1")
+    assert run.code == 2, run.stdout
+    assert golden_line(run, s3) == (f"403 AccessDenied (Request has expired) from the storage at {storage_host(s3)} "
+                                    "(redirected by the registry)"), run.stdout
+    assert {code for code, _ in s3.front.refused} == {"AccessDenied"}
+
+
+def test_storage_down_for_the_client_only_resets_name_the_storage(plugin, s3, start_registry):
+    """The registry reaches its bucket; the client's connections to the storage are reset (a firewall, a
+    dying load balancer on the storage's side). Was: `http://HOST:PORT unreachable: Connection aborted.',
+    ConnectionResetError(104, 'Connection reset by peer`."""
+    registry = start_registry()
+    s3.front.add(r"X-Amz-Signature=", lambda exchange: exchange.reset(), times=None)
+    run = plugin("-R", registry.url, "-i", "base/golden:1", "-t", "20")
+    assert run.code == 2, run.stdout
+    assert golden_line(run, s3) == (f"connection reset by the storage at {storage_host(s3)} (redirected by the "
+                                    "registry)"), run.stdout
+
+
+def test_basic_auth_on_the_registry_sends_no_credential_to_the_storage(plugin, s3, start_registry, tmp_path):
+    """Credentials go to the registry only: a presigned request that carried them would be refused (400)."""
+    from registry_lab.secure import htpasswd
+    users = htpasswd(tmp_path / "htpasswd", {"alice": "s3-lab-password"})
+    registry = start_registry(config={"auth": {"htpasswd": {"realm": "lab", "path": str(users)}}})
+    password = tmp_path / "password"
+    password.write_text("s3-lab-password\n")
+    run = sentinel_run(plugin, registry, s3, "--username", "alice", "--password-file", str(password))
+    assert run.code == 0, run.stdout
+    assert run.first.startswith(OK_LINE), run.first
+    presigned = s3.front.presigned()
+    assert len([r for r in presigned if r["method"] == "GET"]) >= 22
+    assert not [r for r in presigned if "Authorization" in r]
+    assert s3.front.refused == []
+    assert "s3-lab-password" not in run.stdout + run.stderr
+
+
+def test_a_transfer_cut_mid_blob_resumes_with_range_at_the_storage(plugin, s3, start_registry):
+    from registry_lab.faults import ResetAfter
+    golden = s3.images.golden.digest
+    registry = start_registry()
+    s3.front.add(rf"GET /{registry.bucket.name}/docker/registry/v2/blobs/sha256/../{golden[7:]}/data\?",
+                 ResetAfter(256 << 10))
+    run = plugin("-R", registry.url, "-i", "base/golden:1")
+    assert run.code == 1, run.stdout
+    assert run.first.startswith("REGISTRY_DEEP WARNING - 1 warning: layer "), run.first
+    assert f"resumed with Range after the connection broke at byte {256 << 10} of 1048576" in run.stdout
+    at_storage = [r for r in s3.front.presigned() if golden[7:] in r["path"] and r["method"] == "GET"]
+    assert [r.get("Range") for r in at_storage] == [None, f"bytes={256 << 10}-"], at_storage
