@@ -304,11 +304,12 @@ def raise_for_status(response: requests.Response, what: str, not_found: type) ->
     label = f"{status} {code}".strip()
     wait = retry_after(response.headers.get("Retry-After"))
     response.close()
-    message = f"{what}{': ' if what else ''}{label}" + (f" ({detail})" if detail else "")
     if storage:  # the registry knows the content (it redirected); the storage behind it answered this
         still = "; the registry still lists the blob" if status == 404 and not_found is BlobUnknown else ""
-        message += f" from the storage at {urlsplit(response.url).netloc} (redirected by the registry{still})"
+        message = (f"{what}{': ' if what else ''}{label} from the storage at {urlsplit(response.url).netloc}"
+                   f"{': ' + detail if detail else ''} (redirected by the registry{still})")
         raise (StorageNotFound if status == 404 else StorageError)(message, status, code, wait)
+    message = f"{what}{': ' if what else ''}{label}" + (f" ({detail})" if detail else "")
     if status in (401, 403):
         raise AuthError(message, status, code)
     if status == 404:

@@ -171,11 +171,11 @@ def test_deleted_object_behind_a_registry_that_still_lists_it_names_the_storage(
     registry.delete_blob(s3.images.golden.digest)
     run = sentinel_run(plugin, registry, s3)
     assert run.code == 2, run.stdout
-    expected = (f"404 NoSuchKey (The specified key does not exist.) from the storage at {storage_host(s3)} "
+    expected = (f"404 NoSuchKey from the storage at {storage_host(s3)}: The specified key does not exist. "
                 "(redirected by the registry; the registry still lists the blob)")
     assert golden_line(run, s3) == expected, run.stdout
-    assert run.first.startswith(GOLDEN_BREAKS_8.format(short=s3.images.golden.digest[:19]) + "404 NoSuchKey"), \
-        run.first
+    assert run.first.startswith(GOLDEN_BREAKS_8.format(short=s3.images.golden.digest[:19]) + "404 NoSuchKey from "
+                                f"the storage at {storage_host(s3)}: "), run.first
 
 
 def test_expired_presigned_url_names_the_storage_and_what_it_said(plugin, s3, start_registry):
@@ -184,7 +184,7 @@ def test_expired_presigned_url_names_the_storage_and_what_it_said(plugin, s3, st
     s3.front.clock_offset = 1201  # the storage's clock is past the 20 minutes distribution presigns for
     run = sentinel_run(plugin, registry, s3, "-i", "base/golden:1")
     assert run.code == 2, run.stdout
-    assert golden_line(run, s3) == (f"403 AccessDenied (Request has expired) from the storage at {storage_host(s3)} "
+    assert golden_line(run, s3) == (f"403 AccessDenied from the storage at {storage_host(s3)}: Request has expired "
                                     "(redirected by the registry)"), run.stdout
     assert {code for code, _ in s3.front.refused} == {"AccessDenied"}
 
