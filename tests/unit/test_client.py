@@ -506,12 +506,12 @@ SWIFT_TEMPURL = "<html><h1>Unauthorized</h1><p>This server could not verify that
 
 
 @pytest.mark.parametrize("status, body, error, message", [
-    (404, S3_NO_SUCH_KEY, "StorageNotFound", "404 NoSuchKey from the storage at 127.0.0.2:9000: The specified key does not "
-     "exist. (redirected by the registry; the registry still lists the blob)"),
+    (404, S3_NO_SUCH_KEY, "StorageNotFound", "404 NoSuchKey from the storage at 127.0.0.2:9000: The specified key "
+     "does not exist. (redirected by the registry; the registry still lists the blob)"),
     (400, GCS_EXPIRED, "StorageError", "400 ExpiredToken from the storage at 127.0.0.2:9000: Invalid argument. "
      "(redirected by the registry)"),
-    (401, SWIFT_TEMPURL, "StorageError", "401 from the storage at 127.0.0.2:9000: Unauthorized This server could not verify "
-     "that you are authorized to access the document you requested. (redirected by the registry)"),
+    (401, SWIFT_TEMPURL, "StorageError", "401 from the storage at 127.0.0.2:9000: Unauthorized This server could "
+     "not verify that you are authorized to access the document you requested. (redirected by the registry)"),
     (404, errors_body("BLOB_UNKNOWN", "blob unknown to registry"), "StorageNotFound",
      "404 BLOB_UNKNOWN from the storage at 127.0.0.2:9000: blob unknown to registry (redirected by the registry; "
      "the registry still lists the blob)"),
