@@ -30,7 +30,7 @@ from xml.sax.saxutils import escape
 import requests
 
 from .faults import Exchange, Fault, FaultProxy, Respond
-from .registry import ObjectStoreRegistry, free_port, lab_environment, stop_process
+from .registry import ObjectStoreRegistry, free_port, start_daemon, stop_process
 
 ACCESS_KEY = "registry-lab"
 SECRET_KEY = "registry-lab-not-a-secret"
@@ -61,23 +61,10 @@ class MotoServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: float = 30.0) -> MotoServer:
-        log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child process, closed right after)
-        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=lab_environment())
-        log.close()
-        until = time.monotonic() + wait
-        while time.monotonic() < until:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"moto exited with {self.process.returncode}: "
-                                   f"{self.log_path.read_text(errors='replace')[-2000:]}")
-            try:
-                requests.get(self.url, timeout=1)
-                return self
-            except requests.RequestException:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"moto did not answer on {self.url} within {wait}s")
+        self.process = start_daemon([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                    self.log_path, lambda: requests.get(self.url, timeout=1).ok,
+                                    f"moto on {self.url}", wait)
+        return self
 
     def stop(self) -> None:
         stop_process(self.process)
