@@ -110,7 +110,7 @@ def _words_for(exc: BaseException) -> Optional[str]:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"certificate verify failed: {exc.verify_message or exc.reason}"
     if isinstance(exc, ssl.SSLError):
-        return str(exc.reason or exc.strerror or "handshake failed").replace("_", " ").lower()
+        return exc.reason.replace("_", " ").lower() if exc.reason else _openssl_words(str(exc))
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, ConnectionResetError):
@@ -146,7 +146,13 @@ def plain_reason(exc: BaseException) -> str:
         queue += [a for a in current.args if isinstance(a, BaseException)]
         queue += [c for c in (getattr(current, "reason", None), current.__cause__, current.__context__)
                   if isinstance(c, BaseException)]
-    return f"connection failed ({type(exc).__name__})"
+    return _openssl_words(str(exc)) if "SSL" in str(exc) else f"connection failed ({type(exc).__name__})"
+
+
+def _openssl_words(text: str) -> str:
+    """OpenSSL's words in an exception's text that lost its cause (`… [SSL: CODE] words (_ssl.c:1006)')))`)."""
+    words = re.sub(r"\s*\(_ssl\.c:\d+\)?['\")]*$", "", text.rsplit("] ", 1)[-1]).strip("()'\" ")
+    return words[:160] or "handshake failed"
 
 
 @dataclass(frozen=True)
@@ -171,6 +177,21 @@ class Peer:
 def redirected(response: requests.Response) -> bool:
     """Whether this answer came from another host than the one asked: the storage behind a registry's redirect."""
     return bool(response.history) and urlsplit(response.url).netloc != urlsplit(response.history[0].url).netloc
+
+
+#: What OpenSSL says when the server answers the TLS handshake in plain HTTP (its "HTTP/1.1 400" read as a TLS
+#: record): OpenSSL 1.1 and 3.0 (bookworm), 3.2 and later (trixie), and a long reply read as a record's length.
+PLAIN_HTTP_SIGNS = ("wrong version number", "record layer failure", "packet length too long")
+
+
+def tls_failure(exc: BaseException, where: str, tail: str = "", netloc: str = "") -> str:
+    """The line for a failed TLS handshake with `where` (scheme://host:port, or a Peer's name for it, then `tail`);
+    when the server seems to speak plain HTTP, it says so first (line 1 cuts a long reason) and names the http://
+    URL to use instead (`netloc`: the host and port asked, by default `where`'s)."""
+    if any(sign in str(exc).lower() for sign in PLAIN_HTTP_SIGNS):
+        return f"TLS failure talking to {where}: it answers plain HTTP (use http://" \
+               f"{netloc or urlsplit(where).netloc}): {plain_reason(exc)}{tail}"
+    return f"TLS failure talking to {where}: {plain_reason(exc)}{tail}"
 
 
 class Transport:
@@ -280,7 +301,7 @@ class Transport:
             response = self.session.send(prepared, stream=stream, timeout=timeout, allow_redirects=False,
                                          **self._settings(url))
         except requests.exceptions.SSLError as exc:
-            raise TLSError(f"TLS failure talking to {peer.url}: {plain_reason(exc)}{peer.tail}") from None
+            raise TLSError(tls_failure(exc, peer.url, peer.tail, urlsplit(url).netloc)) from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             if self.deadline.expired():
                 raise DeadlineExceeded(f"deadline of {self.deadline.seconds:g}s passed during {method} "

@@ -209,8 +209,9 @@ class NodeNameAdapter(requests.adapters.HTTPAdapter):
 class RunningIcinga:
     """An Instance running in the foreground (its own process group), and its REST API as the user `root`."""
 
-    def __init__(self, instance: Instance, port: int, password: str) -> None:
+    def __init__(self, instance: Instance, port: int, password: str, env: Optional[Dict[str, str]] = None) -> None:
         self.instance = instance
+        self.env = env  # the daemon's environment, which its checks and notification commands inherit
         self.port = port
         self.url = f"https://127.0.0.1:{port}/v1"
         self.session = requests.Session()
@@ -226,7 +227,7 @@ class RunningIcinga:
         give_to_daemon_user(self.instance.base)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(self.instance.argv("-x", "notice"), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, start_new_session=True, env=self.env)
 
     def answering(self) -> bool:
         if self.process is None or self.process.poll() is not None:
