@@ -279,11 +279,17 @@ class RunningIcinga:
 
     def force_check(self, name: str, wait: float = 45.0) -> dict:
         """Reschedule the service now, forced, and return its next check result once Icinga has processed it."""
-        previous = self.service(name, ["last_check_result"])["last_check_result"]
-        asked = self.force(name)
+        previous = self.last_result(name)
+        return self.result_after(name, self.force(name), previous, wait)
+
+    def last_result(self, name: str) -> Optional[dict]:
+        return self.service(name, ["last_check_result"])["last_check_result"]
+
+    def result_after(self, name: str, asked: float, previous: Optional[dict], wait: float = 45.0) -> dict:
+        """The service's first check result scheduled at or after `asked` (a time.time()) other than `previous`."""
 
         def fresh() -> Optional[dict]:
-            result = self.service(name, ["last_check_result"])["last_check_result"]
+            result = self.last_result(name)
             return result if result and result["schedule_start"] >= asked and result != previous else None
 
         return poll(fresh, f"a check result for {name}", wait, self.output)
