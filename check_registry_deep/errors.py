@@ -112,6 +112,11 @@ class StorageNotFound(StorageError, NotFound):
     """404 from the storage behind a redirect: the object is gone while the registry still lists the blob."""
 
 
+class RegistryFailing(RegistryError):
+    """The registry answers 5xx for manifests: the registry itself (its storage, its database) is failing, not the
+    content. One run problem for all of them, with every image it breaks."""
+
+
 class RedirectError(RegistryError):
     """A redirect we refuse to follow: too many hops, a loop, or a downgrade to plain HTTP."""
 

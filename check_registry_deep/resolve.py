@@ -8,13 +8,21 @@ platform it breaks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from .client import RegistryClient
 from .deadline import Deadline
-from .errors import CheckError, ManifestInvalid, RegistryError, SizeMismatch
+from .errors import (
+    CheckError,
+    HTTPStatusError,
+    ManifestInvalid,
+    RegistryError,
+    RegistryFailing,
+    SizeMismatch,
+    StorageError,
+)
 from .manifests import ImageManifest, IndexManifest, Manifest, parse_manifest
-from .model import Finding, Kind, Target, TargetResult
+from .model import Finding, Kind, RunProblem, Target, TargetResult, Trouble
 from .reference import Digest, ImageRef, Platform
 from .verify import check_manifest_digest
 
@@ -32,6 +40,30 @@ class Resolution:
     digest: Optional[Digest]
     targets: Tuple[TargetResult, ...]
     findings: Tuple[Finding, ...]
+
+
+def registry_failures(findings: Sequence[Finding]) -> Tuple[List[Finding], List[RunProblem]]:
+    """Manifests a registry answered with 5xx are the registry failing (its storage, its database), not broken
+    content: one run problem per registry and answer (`the registry answers 500 UNKNOWN for 9 manifests`), with
+    every image it breaks, in place of a finding per manifest. Returns the other findings and those problems."""
+    failing: Dict[Tuple[str, str], List[Finding]] = {}
+    rest: List[Finding] = []
+    for finding in findings:
+        error = finding.error
+        if (finding.kind is Kind.MANIFEST and not finding.replica and finding.affected
+                and isinstance(error, HTTPStatusError) and error.status >= 500 and not isinstance(error, StorageError)):
+            answer = f"{error.status} {error.code}".strip()
+            failing.setdefault((finding.affected[0].registry, answer), []).append(finding)
+        else:
+            rest.append(finding)
+    problems = []
+    for (registry, answer), same in failing.items():
+        count = len({f.label for f in same})
+        error = RegistryFailing(f"the registry answers {answer} for {count} manifest{'s' if count != 1 else ''}")
+        problems.append(RunProblem(Trouble.REGISTRY, error, registry,
+                                   tuple(dict.fromkeys(t for f in same for t in f.affected)),
+                                   max(f.finished for f in same)))
+    return rest, problems
 
 
 class Resolver:

@@ -24,6 +24,8 @@ from .options import DiscoveryOptions
 from .origin import OriginChecker, worth_asking
 from .pool import WorkerPool
 from .reference import ImageRef, Platform
+from .replicas import merge_by_blob
+from .resolve import registry_failures
 from .stages import Job, JobResult, Lane, Stage, StageJobs
 from .verify import CHUNK_SIZE
 
@@ -125,6 +127,8 @@ class Scanner:
         if self.origin is not None:
             retries += self.origin.client.retries
         findings.sort(key=lambda f: f.finished)  # in the order they were found, the origin's answers included
+        findings, failing = registry_failures(merge_by_blob(findings))
+        problems += failing
         return ScanResult(tuple(ref for lane in lanes.values() for ref in lane.images), tuple(targets),
                           tuple(findings), self.deadline.elapsed(), retries, interrupted, tuple(problems))
 

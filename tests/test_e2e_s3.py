@@ -230,3 +230,19 @@ def test_a_transfer_cut_mid_blob_resumes_with_range_at_the_storage(plugin, s3, s
     assert f"resumed with Range after the connection broke at byte {256 << 10} of 1048576" in run.stdout
     at_storage = [r for r in s3.front.presigned() if golden[7:] in r["path"] and r["method"] == "GET"]
     assert [r.get("Range") for r in at_storage] == [None, f"bytes={256 << 10}-"], at_storage
+
+
+def test_storage_down_for_the_registry_is_the_registry_failing(plugin, s3, start_registry):
+    """The registry cannot reach its bucket (its own requests to the storage are reset): every manifest GET
+    answers 500. That is the registry failing, not nine damaged manifests. Was: `9 broken manifests, breaking 9
+    of 9 images: manifest base/golden:1 500 UNKNOWN (unknown error)` and nine lines."""
+    registry = start_registry()
+    s3.front.add(r"^[A-Z]+ /(?!.*X-Amz-Signature)", lambda exchange: exchange.reset(), times=None)
+    run = sentinel_run(plugin, registry, s3)
+    assert run.code == 2, run.stdout
+    assert run.first.startswith("REGISTRY_DEEP CRITICAL - the registry answers 500 UNKNOWN for 9 manifests, "
+                                "breaking 9 of 9 images | "), run.first
+    critical = [line for line in run.lines[1:] if line.startswith("CRITICAL: ")]
+    assert len(critical) == 1, run.stdout
+    assert critical[0].startswith("CRITICAL: the registry answers 500 UNKNOWN for 9 manifests - breaks apps/api:1.0, "
+                                  "apps/foreign:1.0, apps/legacy:2.0, "), critical[0]

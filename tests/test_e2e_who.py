@@ -59,3 +59,27 @@ def test_an_origin_that_is_down_is_named_not_the_registry(plugin, lab, damaged):
     assert run.lines[1] == (f"CRITICAL: layer {golden}: truncated: Content-Length says 100 of 1048576 bytes - breaks "
                             f"base/golden:1; origin 127.0.0.1:{dead}: not verified ({damaged.url} via "
                             f"127.0.0.1:{dead} unreachable: connection refused)"), run.stdout
+
+
+# -- a replica: one finding per blob and replica, counted once ---------------------------------------------
+
+def test_a_blob_lost_on_a_replica_is_one_finding_naming_every_repository(plugin, lab, pristine, tmp_path):
+    """The golden layer lost on the replica (container sync): one blob, counted once, with the repositories
+    there that no longer have it. Was: `8 broken blobs, breaking 8 of 9 images` and eight lines
+    `… on REPLICA: HEAD in apps/web: 404 BLOB_UNKNOWN`, which look like eight lost links."""
+    golden = lab.images.golden.digest
+    replica = lab.registry(tmp_path / "replica")
+    try:
+        replica.delete_blob(golden)
+        run = plugin("-R", pristine.url, *[a for ref in lab.images.refs() for a in ("-i", ref)],
+                     "--compare-registry", replica.url)
+    finally:
+        replica.stop()
+    assert run.code == 2, run.stdout
+    assert run.first.startswith("REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 8 of 9 images: "), run.first
+    lines = [line for line in run.lines[1:] if line.startswith("CRITICAL: ")]
+    assert len(lines) == 1, run.stdout
+    repositories = "apps/api, apps/foreign, apps/legacy, apps/multi, apps/pinned, apps/slim, apps/web, base/golden"
+    assert lines[0].startswith(f"CRITICAL: layer {golden} on {replica.url}: 404 BLOB_UNKNOWN in 8 repositories "
+                               f"({repositories}) - breaks apps/api:1.0, apps/foreign:1.0, "), lines[0]
+    assert "failed=1;" in run.first
