@@ -21,7 +21,7 @@ def compare_replica(client: RegistryClient, ref: ImageRef, ours: Digest, primary
     try:
         fetched = client.get_manifest(ref.repository, ref.reference)
         theirs = check_manifest_digest(fetched.body, fetched.declared_digest, ref.digest)
-    except CheckError as exc:
+    except RegistryError as exc:  # a DeadlineExceeded goes on: not compared is never a broken replica
         return [Finding(Kind.MANIFEST, targets, image=ref, replica=replica, error=exc, repository=ref.repository)]
     if theirs != ours:
         return [Finding(Kind.MANIFEST, targets, image=ref, replica=replica, repository=ref.repository, caveats=(
