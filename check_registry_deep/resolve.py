@@ -8,7 +8,7 @@ platform it breaks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from .client import RegistryClient
 from .deadline import Deadline
@@ -43,10 +43,12 @@ class Resolution:
     empty: Tuple[EmptySelection, ...] = ()
 
 
-def registry_failures(findings: Sequence[Finding]) -> Tuple[List[Finding], List[RunProblem]]:
+def registry_failures(findings: Sequence[Finding], via: Callable[[str], str] = lambda registry: ""
+                      ) -> Tuple[List[Finding], List[RunProblem]]:
     """Manifests a registry answered with 5xx are the registry failing (its storage, its database), not broken
     content: one run problem per registry and answer (`the registry answers 500 UNKNOWN for 9 manifests`), with
-    every image it breaks, in place of a finding per manifest. Returns the other findings and those problems."""
+    every image it breaks, in place of a finding per manifest. `via(registry)` names the backend --connect-to
+    asked (` via HOST:PORT`). Returns the other findings and those problems."""
     failing: Dict[Tuple[str, str], List[Finding]] = {}
     rest: List[Finding] = []
     for finding in findings:
@@ -60,7 +62,8 @@ def registry_failures(findings: Sequence[Finding]) -> Tuple[List[Finding], List[
     problems = []
     for (registry, answer), same in failing.items():
         count = len({f.label for f in same})
-        error = RegistryFailing(f"the registry answers {answer} for {count} manifest{'s' if count != 1 else ''}")
+        error = RegistryFailing(f"the registry{via(registry)} answers {answer} for {count} "
+                                f"manifest{'s' if count != 1 else ''}")
         problems.append(RunProblem(Trouble.REGISTRY, error, registry,
                                    tuple(dict.fromkeys(t for f in same for t in f.affected)),
                                    max(f.finished for f in same)))

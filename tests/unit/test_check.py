@@ -145,6 +145,8 @@ def test_a_registry_answering_5xx_for_manifests_is_the_registry_failing_not_brok
                          error=failing) for target in (T_APP, T_DB)]
     findings, problems = registry_failures(manifests)
     assert findings == [] and [str(p.error) for p in problems] == ["the registry answers 500 UNKNOWN for 2 manifests"]
+    _, backend = registry_failures(manifests, lambda registry: " via 10.0.0.5:443")  # --connect-to: who answered
+    assert str(backend[0].error) == "the registry via 10.0.0.5:443 answers 500 UNKNOWN for 2 manifests"
     output, code, _ = run(scan_of(broken(D[5], DigestMismatch("digest mismatch: got sha256:abc"), T_APP),
                                   problems=problems))
     lines = output.splitlines()
