@@ -25,6 +25,8 @@ from .origin import OriginChecker
 from .pool import WorkerPool
 from .reference import ImageRef, Platform
 from .referrers import Policy
+from .replicas import merge_by_blob
+from .resolve import registry_failures
 from .stages import Job, JobResult, Lane, Stage, StageJobs
 from .verify import CHUNK_SIZE
 
@@ -131,6 +133,8 @@ class Scanner:
         if self.origin is not None:
             retries += self.origin.client.retries
         findings.sort(key=lambda f: f.finished)  # in the order they were found, the origin's answers included
+        findings, failing = registry_failures(merge_by_blob(findings), self._via)
+        problems += failing
         return ScanResult(tuple(ref for lane in lanes.values() for ref in lane.images), tuple(targets),
                           tuple(findings), self.deadline.elapsed(), retries, interrupted, tuple(problems),
                           artifacts=tuple(a for lane in lanes.values() for a in lane.artifacts),
@@ -139,6 +143,11 @@ class Scanner:
                           if self.attachments.require_signature else None,
                           selected=tuple(Target(ref, lane.registry) for lane in lanes.values() for ref in lane.images),
                           empty=tuple(e for lane in lanes.values() for e in lane.empty))
+
+    def _via(self, registry: str) -> str:
+        """` via HOST:PORT` when --connect-to sends `registry`'s requests to one backend: the one that answered."""
+        connect_to = self.client_for(registry).transport.connect_to
+        return f" via {connect_to}" if connect_to else ""
 
     def _passed(self, where: str, brief: str) -> DeadlineExceeded:
         passed = f"deadline of {self.deadline.seconds:g}s passed while "
