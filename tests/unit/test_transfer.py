@@ -1,4 +1,5 @@
-"""transfer.py: the resume decisions (Resumption) on their own, and BlobTransfer driven by scripted bodies.
+"""transfer.py: the resume decisions (Resumption) on their own, and BlobTransfer driven by scripted bodies;
+blobs.py: one verdict per blob across the repositories that reference it.
 
 ScriptedClient stands in for client.RegistryClient (a stand-in of ours): each request gets the next Reply of
 its script, a body that hands over its bytes in pieces and then ends, ends early, stalls or breaks. The real
@@ -15,6 +16,7 @@ from typing import Iterator, List, Optional
 
 import pytest
 
+from check_registry_deep.blobs import BlobChecker, BlobWork, plan
 from check_registry_deep.deadline import Deadline
 from check_registry_deep.errors import (
     BlobUnknown,
@@ -25,8 +27,9 @@ from check_registry_deep.errors import (
     TransportError,
     Truncated,
 )
-from check_registry_deep.manifests import LAYER, Descriptor
-from check_registry_deep.reference import Digest
+from check_registry_deep.manifests import CONFIG, LAYER, Descriptor
+from check_registry_deep.model import Mode, Target, TargetResult
+from check_registry_deep.reference import Digest, ImageRef
 from check_registry_deep.retry import Retrier, RetryPolicy
 from check_registry_deep.transfer import (
     MAX_RESUMES,
@@ -37,6 +40,7 @@ from check_registry_deep.transfer import (
     Decision,
     Resumption,
     Step,
+    retried,
     stall_timeout,
 )
 
@@ -173,8 +177,10 @@ class ScriptedBody:
 class ScriptedClient:
     """Answers each blob request with the next Reply; records each request's offset. Runs out: the test's bug."""
 
-    def __init__(self, *replies: Reply, deadline: Optional[Deadline] = None):
+    def __init__(self, *replies: Reply, deadline: Optional[Deadline] = None, heads: Optional[dict] = None):
         self.replies: List[Reply] = list(replies)
+        self.heads = heads or {}  # repository -> the Content-Length its HEAD answers, or the error it raises
+        self.headed: List[str] = []
         self.offsets: List[int] = []
         self.stalls: List[float] = []
         self.retrier = Retrier(FAST, deadline or Deadline(DEADLINE))
@@ -182,13 +188,20 @@ class ScriptedClient:
     @contextmanager
     def open_blob(self, repository: str, digest: Digest, limit: Optional[int], offset: int = 0,
                   stall: float = 30.0) -> Iterator[ScriptedBody]:
-        assert (repository, digest) == ("team/app", DIGEST)
+        assert digest == DIGEST
         self.offsets.append(offset)
         self.stalls.append(stall)
         reply = self.replies.pop(0)
         if reply.fails is not None:
             raise reply.fails
         yield ScriptedBody(reply, offset, limit)
+
+    def head_blob(self, repository: str, digest: Digest) -> Optional[int]:
+        self.headed.append(repository)
+        answer = self.heads.get(repository, SIZE)
+        if isinstance(answer, CheckError):
+            raise answer
+        return answer
 
 
 def transfer(client: ScriptedClient, descriptor: Descriptor = LAYER_DESCRIPTOR, deadline: float = DEADLINE
@@ -379,3 +392,72 @@ def test_the_stall_timeout_is_a_tenth_of_the_run_from_2_to_30_seconds(seconds, s
 
 def test_the_table_covers_every_step():
     assert {row[-1] for row in TABLE} == set(Step)
+
+
+# -- blobs.py: one verdict per blob ------------------------------------------------------------------------
+
+APP, WEB = ImageRef.parse("team/app:1"), ImageRef.parse("team/web:1")
+REGISTRY = "http://127.0.0.1:5000"
+
+
+def work(*images: ImageRef, deep: bool = True) -> BlobWork:
+    return BlobWork(REGISTRY, LAYER_DESCRIPTOR, {i.repository: (Target(i, REGISTRY),) for i in images}, deep)
+
+
+def checker() -> BlobChecker:
+    return BlobChecker(Deadline(DEADLINE), threading.Event(), chunk_size=8192)
+
+
+def test_plan_lists_each_blob_once_per_registry_largest_first_and_lets_a_chooser_pick_the_deep_ones():
+    config = Descriptor("application/vnd.oci.image.config.v1+json", Digest.of(b"{}"), 2, CONFIG)
+    results = [TargetResult(Target(ref, REGISTRY), Digest.of(ref.repository.encode()), (config, LAYER_DESCRIPTOR))
+               for ref in (APP, WEB)]
+    planned = plan(results, choose_deep=lambda candidates: {key for key, size in candidates if size > 2})
+    assert [(w.descriptor, list(w.by_repository), w.deep) for w in planned] == [
+        (LAYER_DESCRIPTOR, ["team/app", "team/web"], True), (config, ["team/app", "team/web"], False)]
+    assert planned[0].everyone == (Target(APP, REGISTRY), Target(WEB, REGISTRY))
+
+
+def test_a_blob_is_read_once_and_only_headed_in_the_other_repositories():
+    client = ScriptedClient(Reply())
+    findings = checker().check(client, work(APP, WEB))  # type: ignore[arg-type]
+    assert [(f.error, f.bytes_read, f.repository, f.mode) for f in findings] == [
+        (None, SIZE, "team/app", Mode.VERIFIED)]
+    assert client.offsets == [0] and client.headed == ["team/web"]
+
+
+def test_a_blob_asked_for_again_counts_that_as_a_retry_of_the_blob():
+    client = ScriptedClient(Reply(data=b"", end="short"), Reply())
+    [finding] = checker().check(client, work(APP))  # type: ignore[arg-type]
+    assert (finding.error, finding.retries, finding.caveats) == (None, 1, (retried(1),))
+
+
+def test_a_blob_truncated_in_its_first_repository_is_one_finding_for_every_image():
+    client = ScriptedClient(Reply(data=BLOB[:40_000], end="stall"), Reply(status=206, data=b"", end="stall"))
+    [finding] = checker().check(client, work(APP, WEB))  # type: ignore[arg-type]
+    assert isinstance(finding.error, Truncated) and finding.affected == work(APP, WEB).everyone
+    assert client.headed == []
+
+
+def test_a_lost_link_in_another_repository_names_where_the_bytes_verified():
+    gone = BlobUnknown("HEAD in team/web: 404 BLOB_UNKNOWN", 404, "BLOB_UNKNOWN")
+    client = ScriptedClient(Reply(), heads={"team/web": gone})
+    verified, lost = checker().check(client, work(APP, WEB))  # type: ignore[arg-type]
+    assert verified.error is None
+    assert str(lost.error) == ("404 BLOB_UNKNOWN in team/web (the repository's link is gone; the blob itself "
+                               "verified in team/app)")
+    assert lost.affected == (Target(WEB, REGISTRY),)
+
+
+def test_a_blob_not_chosen_for_a_deep_check_is_only_headed():
+    client = ScriptedClient()
+    [present] = checker().check(client, work(APP, WEB, deep=False))  # type: ignore[arg-type]
+    assert (present.error, present.mode, present.bytes_read) == (None, Mode.PRESENT, 0)
+    assert client.offsets == [] and client.headed == ["team/app", "team/web"]
+
+
+def test_a_head_that_declares_another_size_is_a_size_mismatch():
+    client = ScriptedClient(heads={"team/web": SIZE + 1})
+    [wrong] = checker().check(client, work(APP, WEB, deep=False))  # type: ignore[arg-type]
+    assert str(wrong.error) == f"HEAD in team/web declares {SIZE + 1} bytes, descriptor says {SIZE}"
+    assert wrong.affected == (Target(WEB, REGISTRY),)
