@@ -104,8 +104,9 @@ class BlobResponse:
         try:
             chunk = self._read_some(size)
         except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
-            short = exc if isinstance(exc, http.client.IncompleteRead) else next(
-                (a for a in getattr(exc, "args", ()) if isinstance(a, http.client.IncompleteRead)), None)
+            # urllib3's read wraps what http.client or the socket raised: ProtocolError("Connection broken", it)
+            cause = next((a for a in exc.args if isinstance(a, BaseException)), exc)
+            short = cause if isinstance(cause, http.client.IncompleteRead) else None
             if short is not None:  # the body ended before its Content-Length
                 # urllib3 2 counts every byte of the response so far; http.client hands over the lost bytes
                 got = short.partial if isinstance(short.partial, int) else self.received + len(short.partial)
@@ -113,7 +114,7 @@ class BlobResponse:
                                 ) from None
             if isinstance(exc, (urllib3.exceptions.ReadTimeoutError, TimeoutError)):  # nothing came for a while
                 raise Stalled(f"stalled after {self.received} bytes", self.received) from None
-            raise TransportError(f"connection broken after {self.received} bytes: {reason(exc)}") from None
+            raise TransportError(f"connection broken after {self.received} bytes: {reason(cause)}") from None
         self.received += len(chunk)
         return chunk
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 import time
 from typing import Iterator
@@ -23,6 +25,7 @@ from check_registry_deep.errors import (
     ManifestUnknown,
     SizeMismatch,
     Stalled,
+    TransportError,
 )
 from check_registry_deep.manifests import (
     DOCKER_LIST,
@@ -547,3 +550,26 @@ def test_a_response_without_any_read1_is_an_internal_error_not_a_silent_fallback
 
     with pytest.raises(InternalError, match="no read1, and no http.client response under it"):
         Urllib3WithoutRead1(NoRead1())
+
+
+def test_a_reset_mid_body_is_named_as_such_on_either_path():
+    """urllib3's read1 wraps the socket's error in ProtocolError("Connection broken: ..."): the reason given
+    is still the socket's own, as when http.client was read directly."""
+
+    def handle(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(BLOB)))
+        handler.end_headers()
+        handler.wfile.write(BLOB[:100])
+        handler.wfile.flush()
+        time.sleep(0.2)  # let the 100 bytes arrive on their own before the reset
+        handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        handler.connection.close()
+
+    with LoopbackServer(handle) as server:
+        client = RegistryClient(server.url, Deadline(10), retry=FAST)
+        with client.open_blob("team/app", BLOB_DIGEST, None, stall=5) as body:
+            assert body.read(1 << 20) == BLOB[:100]
+            with pytest.raises(TransportError) as caught:
+                body.read(1 << 20)
+    assert str(caught.value) == "connection broken after 100 bytes: Connection reset by peer"
