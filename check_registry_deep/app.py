@@ -137,7 +137,7 @@ def write_file(path: str, text: str) -> None:
         raise UsageError(f"cannot write --json {path}: {exc.strerror}") from None
 
 
-class progress_bar:  # noqa: N801 (used as a context manager, like open())
+class progress_bar:
     """A tqdm bar on stderr for a person at a terminal; nothing otherwise (tqdm is imported only then)."""
 
     def __init__(self, enabled: bool):
@@ -148,7 +148,7 @@ class progress_bar:  # noqa: N801 (used as a context manager, like open())
     def __enter__(self) -> Optional[Callable[[str, int, int, int], None]]:
         if not self.enabled:
             return None
-        from tqdm import tqdm  # noqa: PLC0415
+        from tqdm import tqdm
         # a terminal that reports no size (a pty under `script`, some serial consoles) would get no bar at all
         size = shutil.get_terminal_size((100, 20))
         self.bar = tqdm(file=sys.stderr, unit="B", unit_scale=True, leave=False, ncols=size.columns or 100,

@@ -74,8 +74,8 @@ def docker_config_credentials(registry_host: str, config_dir: Optional[str]) -> 
         if not found:
             return Credentials()
         path = found
-    import docker.auth  # noqa: PLC0415
-    import docker.errors  # noqa: PLC0415
+    import docker.auth
+    import docker.errors
     try:
         config = docker.auth.load_config(config_path=path)
         entry = docker.auth.resolve_authconfig(config, registry=registry_host) or {}

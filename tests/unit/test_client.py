@@ -475,7 +475,7 @@ def test_bodies_read_to_their_end_leave_the_connection_for_the_next_request():
             connections.append(self.client_address)
             super().setup()
 
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             body, kind = (BLOB, "application/octet-stream") if "/blobs/" in self.path else (BODY, DOCKER_MANIFEST)
             self.send_response(200)
             self.send_header("Content-Type", kind)
