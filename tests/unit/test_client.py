@@ -555,6 +555,7 @@ def test_a_response_without_any_read1_is_an_internal_error_not_a_silent_fallback
 def test_a_reset_mid_body_is_named_as_such_on_either_path():
     """urllib3's read1 wraps the socket's error in ProtocolError("Connection broken: ..."): the reason given
     is still the socket's own, as when http.client was read directly."""
+    read = threading.Event()
 
     def handle(handler):
         handler.send_response(200)
@@ -562,7 +563,7 @@ def test_a_reset_mid_body_is_named_as_such_on_either_path():
         handler.end_headers()
         handler.wfile.write(BLOB[:100])
         handler.wfile.flush()
-        time.sleep(0.2)  # let the 100 bytes arrive on their own before the reset
+        read.wait(10)  # the 100 bytes were read, on their own: now the reset
         handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         handler.connection.close()
 
@@ -570,6 +571,7 @@ def test_a_reset_mid_body_is_named_as_such_on_either_path():
         client = RegistryClient(server.url, Deadline(10), retry=FAST)
         with client.open_blob("team/app", BLOB_DIGEST, None, stall=5) as body:
             assert body.read(1 << 20) == BLOB[:100]
+            read.set()
             with pytest.raises(TransportError) as caught:
                 body.read(1 << 20)
     assert str(caught.value) == "connection broken after 100 bytes: Connection reset by peer"
