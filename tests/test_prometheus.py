@@ -274,7 +274,7 @@ def test_a_real_prometheus_with_the_rules_fires_on_the_broken_image(plugin, dama
                                                                      node_exporter):
     args = ["-R", damaged.url, *image_args(lab.images.refs()), "--metrics-file", str(textfile / "sentinels.prom")]
     assert plugin(*args).code == 0
-    with LocalPrometheus(tmp_path / "prometheus", [node_exporter.address], [RULES]) as prometheus:
+    with LocalPrometheus(tmp_path / "prometheus", [node_exporter.host], [RULES]) as prometheus:
         prometheus.wait_for_sample('registry_deep_state{check="sentinels"} == 0')
         assert not [a for a in prometheus.alerts() if a["labels"]["alertname"].startswith("RegistryDeep")]
 
@@ -292,7 +292,7 @@ def test_a_real_prometheus_with_the_rules_fires_on_the_broken_image(plugin, dama
         assert plugin("--bogus", "--metrics-file", str(textfile / "misconfigured.prom")).code == 3
         alert = prometheus.wait_for_alert("RegistryDeepCheckNotFinishing", check="misconfigured")
         assert alert["annotations"]["summary"] == \
-            f"check_registry_deep misconfigured on {node_exporter.address} has not finished a fully OK run yet"
+            f"check_registry_deep misconfigured on {node_exporter.host} has not finished a fully OK run yet"
 
 
 def test_the_readme_documents_every_metric_and_every_rule_as_shipped():
