@@ -519,20 +519,25 @@ def test_each_library_set_reads_bodies_the_way_it_should():
             assert b"".join(iter(lambda: body.read(1000), b"")) == BLOB
 
 
-def test_a_body_that_stalls_keeps_every_byte_that_came_before_the_stall():
-    """A real socket: 3,000 bytes of 10,240, then nothing. The read hands over the 3,000 at once (one read of
-    the socket, on either path), and the next one is a Stall that counts them: none lost with the timeout."""
-    release = threading.Event()
+def partial_body(length: int, then):
+    """A LoopbackServer handler: a 200 declaring all of BLOB, its first `length` bytes, then `then(handler)`."""
 
     def handle(handler):
         handler.send_response(200)
         handler.send_header("Content-Length", str(len(BLOB)))
         handler.end_headers()
-        handler.wfile.write(BLOB[:3000])
+        handler.wfile.write(BLOB[:length])
         handler.wfile.flush()
-        release.wait(10)
+        then(handler)
 
-    with LoopbackServer(handle) as server:
+    return handle
+
+
+def test_a_body_that_stalls_keeps_every_byte_that_came_before_the_stall():
+    """A real socket: 3,000 bytes of 10,240, then nothing. The read hands over the 3,000 at once (one read of
+    the socket, on either path), and the next one is a Stall that counts them: none lost with the timeout."""
+    release = threading.Event()
+    with LoopbackServer(partial_body(3000, lambda handler: release.wait(10))) as server:
         try:
             client = RegistryClient(server.url, Deadline(10), retry=FAST)
             with client.open_blob("team/app", BLOB_DIGEST, None, stall=0.3) as body:
@@ -557,17 +562,12 @@ def test_a_reset_mid_body_is_named_as_such_on_either_path():
     is still the socket's own, as when http.client was read directly."""
     read = threading.Event()
 
-    def handle(handler):
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(len(BLOB)))
-        handler.end_headers()
-        handler.wfile.write(BLOB[:100])
-        handler.wfile.flush()
+    def reset(handler):
         read.wait(10)  # the 100 bytes were read, on their own: now the reset
         handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         handler.connection.close()
 
-    with LoopbackServer(handle) as server:
+    with LoopbackServer(partial_body(100, reset)) as server:
         client = RegistryClient(server.url, Deadline(10), retry=FAST)
         with client.open_blob("team/app", BLOB_DIGEST, None, stall=5) as body:
             assert body.read(1 << 20) == BLOB[:100]

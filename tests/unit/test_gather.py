@@ -39,13 +39,6 @@ def index(*children: tuple) -> bytes:
          "platform": {"os": "linux", "architecture": arch}} for body, media_type, arch in children]}).encode()
 
 
-@pytest.fixture(autouse=True)
-def no_proxy_from_the_environment(monkeypatch) -> None:
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-
-
 @pytest.fixture
 def mock() -> Iterator[responses.RequestsMock]:
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
