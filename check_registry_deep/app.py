@@ -12,7 +12,7 @@ import nagiosplugin
 import urllib3
 
 from .auth import load_credentials
-from .check import build_check, image_verdicts, judge, render
+from .check import build_check, image_problems, image_verdicts, judge, render
 from .client import RegistryClient
 from .coverage import Coverage
 from .deadline import Deadline
@@ -74,8 +74,9 @@ def metrics_of(scan: ScanResult, given: Sequence[Tuple[ImageRef, str]]) -> Tuple
     WARNING; none when UNKNOWN, not judged), and counts; images found by discovery are only counted, so the
     series stay bounded."""
     named = {(str(ref), registry) for ref, registry in given}
+    problems = image_problems(scan)
     samples = tuple(ImageSample(v.target.registry, str(v.target.image), str(v.target.platform or ""),
-                                v.state != CRITICAL)
+                                v.state != CRITICAL, problems.get(v.target, "") if v.state == CRITICAL else "")
                     for v in image_verdicts(scan)
                     if (str(v.target.image), v.target.registry) in named and v.state != UNKNOWN)
     given_refs = {ref for ref, _ in given}

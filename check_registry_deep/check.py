@@ -81,6 +81,18 @@ def image_verdicts(scan: ScanResult) -> List[ImageVerdict]:
     return verdicts
 
 
+def image_problems(scan: ScanResult) -> Dict[Target, str]:
+    """What breaks each broken image and platform, worded as line 1 words a finding: the first of its CRITICAL
+    findings (by kind and subject, so that a run's worker order does not change it) and how many more."""
+    broken: Dict[Target, List[Finding]] = {}
+    for finding in sorted(scan.findings, key=lambda f: (str(f.kind), f.subject)):
+        if judge(finding) == CRITICAL:
+            for target in finding.affected:
+                broken.setdefault(target, []).append(finding)
+    return {target: _short(found[0]) + (f" and {len(found) - 1} more" if len(found) > 1 else "")
+            for target, found in broken.items()}
+
+
 def _images(targets: Sequence[Target]) -> List[str]:
     return list(dict.fromkeys(str(t.image) for t in targets))
 

@@ -127,3 +127,25 @@ class UnsupportedDigest(RegistryError):
     """A well-formed digest whose algorithm we cannot compute: reported, never guessed; we cannot judge it."""
 
     state = UNKNOWN
+
+
+class SignatureProblem(RegistryError):
+    """A signature the user requires is missing, does not verify with the key, or names another image."""
+
+
+class NotSigned(SignatureProblem):
+    """No signature at all where one is required (for --cosign-key: no cosign signature)."""
+
+
+class SignatureInvalid(SignatureProblem):
+    """A signature that does not verify with the key, or a signed document that is not what cosign writes."""
+
+
+class SignatureMismatch(SignatureProblem):
+    """A signature that verifies, but for another digest than the image's."""
+
+    def __init__(self, signed: tuple, expected: object):
+        names = ", ".join(map(str, signed)) or "no digest"
+        super().__init__(f"signature is for {names}, not {expected}")
+        self.signed = signed
+        self.expected = expected

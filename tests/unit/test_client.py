@@ -40,7 +40,7 @@ from check_registry_deep.manifests import (
 )
 from check_registry_deep.reference import Digest
 from check_registry_deep.retry import RetryPolicy, retry_after
-from check_registry_deep.transport import TLSOptions
+from check_registry_deep.transport import TLSOptions, tls_failure
 from check_registry_deep.verify import verify_body
 from registry_lab.secure import LoopbackServer
 
@@ -575,3 +575,18 @@ def test_a_reset_mid_body_is_named_as_such_on_either_path():
             with pytest.raises(TransportError) as caught:
                 body.read(1 << 20)
     assert str(caught.value) == "connection broken after 100 bytes: Connection reset by peer"
+
+
+@pytest.mark.parametrize("openssl_says, hinted", [
+    ("[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)", True),  # OpenSSL 3.0 (bookworm)
+    ("[SSL: RECORD_LAYER_FAILURE] record layer failure (_ssl.c:1029)", True),  # OpenSSL 3.2+ (trixie)
+    ("[SSL: PACKET_LENGTH_TOO_LONG] packet length too long (_ssl.c:1000)", True),
+    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate (_ssl.c:1006)", False),
+])
+def test_a_tls_failure_that_looks_like_plain_http_says_to_use_http(openssl_says, hinted):
+    exc = requests.exceptions.SSLError(f"HTTPSConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded "
+                                       f"with url: /v2/ (Caused by SSLError(SSLError(1, '{openssl_says}')))")
+    line = tls_failure(exc, "https://127.0.0.1:5000")
+    reason = openssl_says.split("] ", 1)[1].rstrip(")")
+    hint = "it answers plain HTTP (use http://127.0.0.1:5000): " if hinted else ""
+    assert line == f"TLS failure talking to https://127.0.0.1:5000: {hint}{reason}"
