@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
 from .atomic import replace_file
-from .states import EXIT_CODES, OK, UNKNOWN, status_line
+from .states import EXIT_CODES, OK, UNKNOWN, plain, status_line
 
 LAST_SUCCESS = "registry_deep_last_success_timestamp_seconds"
 #: node_exporter runs as another user (prometheus on Debian): the file must be readable by it.
@@ -153,7 +153,7 @@ def publish(path: Optional[str], output: str, exitcode: int, started: float, ima
                                              counts))
     if problem is None:
         return output, exitcode
-    problem = problem.replace("|", "/").replace("\n", " ")  # a | would start perfdata
+    problem = plain(problem)
     worse = exitcode if exitcode != EXIT_CODES[OK] else EXIT_CODES[UNKNOWN]
     if not text:
         sys.stderr.write(problem + "\n")
