@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import List, Sequence
 
 from .client import RegistryClient
-from .errors import CheckError, RegistryError
+from .errors import RegistryError
 from .model import Finding, Kind, Target, TargetResult
 from .reference import Digest, ImageRef
 from .verify import check_manifest_digest
@@ -20,7 +20,7 @@ def compare_replica(client: RegistryClient, ref: ImageRef, ours: Digest, primary
     try:
         fetched = client.get_manifest(ref.repository, ref.reference)
         theirs = check_manifest_digest(fetched.body, fetched.declared_digest, ref.digest)
-    except CheckError as exc:
+    except RegistryError as exc:  # a DeadlineExceeded goes on: not compared is never a broken replica
         return [Finding(Kind.MANIFEST, targets, image=ref, replica=replica, error=exc, repository=ref.repository)]
     if theirs != ours:
         return [Finding(Kind.MANIFEST, targets, image=ref, replica=replica, repository=ref.repository, caveats=(

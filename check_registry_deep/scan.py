@@ -19,7 +19,7 @@ from .blobs import Chooser
 from .client import RegistryClient
 from .deadline import Deadline
 from .errors import DeadlineExceeded, InternalError
-from .model import Finding, RunProblem, ScanResult, TargetResult, Trouble
+from .model import Finding, RunProblem, ScanResult, Target, TargetResult, Trouble
 from .options import DiscoveryOptions
 from .origin import OriginChecker, worth_asking
 from .pool import WorkerPool
@@ -128,7 +128,9 @@ class Scanner:
             retries += self.origin.client.retries
         findings.sort(key=lambda f: f.finished)  # in the order they were found, the origin's answers included
         return ScanResult(tuple(ref for lane in lanes.values() for ref in lane.images), tuple(targets),
-                          tuple(findings), self.deadline.elapsed(), retries, interrupted, tuple(problems))
+                          tuple(findings), self.deadline.elapsed(), retries, interrupted, tuple(problems),
+                          selected=tuple(Target(ref, lane.registry) for lane in lanes.values() for ref in lane.images),
+                          empty=tuple(e for lane in lanes.values() for e in lane.empty))
 
     def _passed(self, where: str, brief: str) -> DeadlineExceeded:
         passed = f"deadline of {self.deadline.seconds:g}s passed while "
@@ -138,6 +140,7 @@ class Scanner:
         """One job's result into the run's; with an origin stage ahead, the lane's failures wait for it."""
         now = self.deadline.elapsed()
         lane.targets.extend(result.targets)
+        lane.empty.extend(result.empty)
         found = [dataclasses.replace(f, finished=now) for f in result.findings]
         if Stage.ORIGIN in lane.stages and lane.current in (Stage.RESOLVE, Stage.BLOBS):
             lane.unasked += [f for f in found if worth_asking(f)]

@@ -261,7 +261,8 @@ def test_stall_mid_body_every_time_but_moving_on_ends_at_the_deadline(plugin, pr
     proxy.add(blob_path("big/blob", registry.big), StallAfter(256 << 10), times=None)
     run = plugin("-R", proxy.url, "-i", "big/blob:1", "-t", timeout)
     assert run.code == code, run.stdout
-    assert run.first.startswith(f"REGISTRY_DEEP {word} - deadline of 4s passed while verifying blobs"), run.first
+    assert run.first.startswith(f"REGISTRY_DEEP {word} - 1 image not checked: deadline of 4s passed while verifying "
+                                "blobs"), run.first
     assert_readable(run, 4)
 
 
@@ -269,7 +270,8 @@ def test_slow_but_moving_transfer_is_never_cut_by_the_stall_timeout(plugin, prox
     proxy.add(blob_path("big/blob", registry.big), Drip(1.0), times=None)  # a byte a second; stall timeout 2 s
     run = plugin("-R", proxy.url, "-i", "big/blob:1", "-t", "4")
     assert run.code == 3, run.stdout
-    assert run.first.startswith("REGISTRY_DEEP UNKNOWN - deadline of 4s passed while verifying blobs"), run.first
+    assert run.first.startswith("REGISTRY_DEEP UNKNOWN - 1 image not checked: deadline of 4s passed while verifying "
+                                "blobs"), run.first
     assert " retries=0;" in run.first  # never cut, never resumed
     assert sum(1 for r in proxy.requests if registry.big in r["path"]) == 1
 
