@@ -76,24 +76,23 @@ class Resumption:
     After a request from byte `offset` broke with `fault` (`kept`: bytes verified so far, None when no body
     was verified yet; progress: kept > offset), the first row that matches decides:
 
-    ====================  =======================  =====================  =====================  ==========
-    fault                 kept                     size, encoding         asked again            decision
-    ====================  =======================  =====================  =====================  ==========
-    short body / stalled  no progress              size known             in this run already    TRUNCATED
-    any                   None (no body yet)       -                      -                      GIVE_UP
-    any                   -                        encoded, size unknown  -                      GIVE_UP
-    reset (not short)     no progress              -                      -                      GIVE_UP
-    any                   -                        -                      MAX_RESUMES times      GIVE_UP
-    any                   - (< 0.1 s to deadline)  -                      -                      GIVE_UP
-    any                   progress                 -                      -                      RESUME
-    short body / stalled  no progress, offset > 0  -                      not in this run        RESUME
-    short body / stalled  no progress, offset 0    -                      not in this run        REPEAT
-    ====================  =======================  =====================  =====================  ==========
+    ====================  =======================  =====================  ========================  ==========
+    fault                 kept                     size, encoding         asked again, deadline     decision
+    ====================  =======================  =====================  ========================  ==========
+    short body / stalled  no progress              size known             in this run already       TRUNCATED
+    any                   None (no body yet)       -                      -                         GIVE_UP
+    any                   -                        encoded, size unknown  -                         GIVE_UP
+    reset (not short)     no progress              -                      -                         GIVE_UP
+    any                   -                        -                      MAX_RESUMES times         GIVE_UP
+    any                   -                        -                      < 0.1 s to the deadline   GIVE_UP
+    any                   progress                 -                      -                         RESUME
+    short body / stalled  no progress, offset > 0  -                      not in this run           RESUME
+    short body / stalled  no progress, offset 0    -                      not in this run           REPEAT
+    ====================  =======================  =====================  ========================  ==========
 
-    "Asked again in this run" counts every request after the run's first, answered or not; "MAX_RESUMES
-    times" counts resumes and repeats of this blob across retry.py's runs (the budget is per blob, not per
-    run). A TRUNCATED verdict names the furthest byte any response of the run reached, lost partial reads
-    included.
+    "In this run" counts every request after the run's first, answered or not; "MAX_RESUMES times" counts
+    resumes and repeats of this blob across retry.py's runs (the budget is per blob, not per run). A TRUNCATED
+    verdict names the furthest byte any response of the run reached, lost partial reads included.
 
     The answer to a request from `offset` > 0: 206 CONTINUES (its Content-Range is checked by the caller),
     any other (a 200) RESTART, 416 ENDED when `offset` is the declared size, else TRUNCATED.
