@@ -32,7 +32,7 @@ from .errors import (
 from .manifests import ACCEPT, MAX_MANIFEST_BYTES
 from .reference import Digest, validate_repository
 from .retry import Retrier, RetryPolicy
-from .transport import READ_TIMEOUT, TLSOptions, Transport, raise_for_status, reason
+from .transport import READ_TIMEOUT, Peer, TLSOptions, Transport, plain_reason, raise_for_status, redirected
 
 
 @dataclass(frozen=True)
@@ -81,13 +81,14 @@ class BlobResponse:
     stalls, nothing that came is lost (a read of `size` bytes would drop its partial chunk with its timeout).
     """
 
-    def __init__(self, response: requests.Response, limit: Optional[int]):
+    def __init__(self, response: requests.Response, limit: Optional[int], peer: Peer):
         self._response = response
         raw: Any = response.raw  # urllib3's HTTPResponse (the request streams)
         self._read_some: Callable[[int], bytes] = (
             functools.partial(raw.read1, decode_content=False) if read_path(raw) == PUBLIC_READ1
             else Urllib3WithoutRead1(raw))
         self.limit = limit
+        self.peer = peer  # who is sending it, for a connection lost on the way
         self.received = 0
         self.status = response.status_code
         self.content_range = response.headers.get("Content-Range")  # on a 206 answering a Range
@@ -104,7 +105,7 @@ class BlobResponse:
         try:
             chunk = self._read_some(size)
         except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
-            # urllib3's read wraps what http.client or the socket raised: ProtocolError("Connection broken", it)
+            # urllib3's read wraps what http.client raised: ProtocolError("Connection broken", IncompleteRead)
             cause = next((a for a in exc.args if isinstance(a, BaseException)), exc)
             short = cause if isinstance(cause, http.client.IncompleteRead) else None
             if short is not None:  # the body ended before its Content-Length
@@ -114,14 +115,14 @@ class BlobResponse:
                                 ) from None
             if isinstance(exc, (urllib3.exceptions.ReadTimeoutError, TimeoutError)):  # nothing came for a while
                 raise Stalled(f"stalled after {self.received} bytes", self.received) from None
-            raise TransportError(f"connection broken after {self.received} bytes: {reason(cause)}") from None
+            raise TransportError(self.peer.failed(plain_reason(exc), after=self.received)) from None
         self.received += len(chunk)
         return chunk
 
 
-def _read_capped(response: requests.Response, what: str) -> bytes:
+def _read_capped(response: requests.Response, what: str, peer: Peer) -> bytes:
     """A manifest or listing body, read raw; past the 4 MiB cap it is refused, not read on."""
-    body = BlobResponse(response, MAX_MANIFEST_BYTES + 1)
+    body = BlobResponse(response, MAX_MANIFEST_BYTES + 1, peer)
     data = b"".join(iter(lambda: body.read(1 << 20), b""))
     if len(data) > MAX_MANIFEST_BYTES:
         raise SizeMismatch(f"{what} exceeds the {MAX_MANIFEST_BYTES // 1048576} MiB cap")
@@ -147,6 +148,15 @@ class RegistryClient:
     def _url(self, repository: str, kind: str, reference: str) -> str:
         return f"{self.base_url}/v2/{validate_repository(repository)}/{kind}/{reference}"
 
+    @property
+    def _via(self) -> str:
+        """` via HOST:PORT` when --connect-to sends this registry's requests to one backend."""
+        return f" via {self.transport.connect_to}" if self.transport.connect_to else ""
+
+    def _peer(self, response: requests.Response) -> Peer:
+        """Who sent `response`: the registry (via the --connect-to backend), or the storage it redirected to."""
+        return self.transport.peer(response.url or self.base_url, redirected(response))
+
     def _send(self, method: str, url: str, headers: dict, stream: bool = False) -> requests.Response:
         return self.transport.send(method, url, self.auth, headers=headers, stream=stream)
 
@@ -157,7 +167,7 @@ class RegistryClient:
         def get() -> None:
             response = self._send("GET", url, {})
             if response.status_code != 401:
-                raise_for_status(response, f"GET {url}", HTTPStatusError)
+                raise_for_status(response, f"GET {url}{self._via}", HTTPStatusError)
             response.close()
 
         self.retrier.run(get, url)
@@ -169,7 +179,7 @@ class RegistryClient:
             response = self._send("GET", url, {"Accept": ACCEPT, "Accept-Encoding": "identity"}, stream=True)
             with response:
                 raise_for_status(response, "", ManifestUnknown)
-                data = _read_capped(response, "manifest")
+                data = _read_capped(response, "manifest", self._peer(response))
             return FetchedManifest(data, response.headers.get("Content-Type", ""),
                                    response.headers.get("Docker-Content-Digest"))
 
@@ -184,7 +194,7 @@ class RegistryClient:
             response = self._send("GET", f"{self.base_url}{path}", {"Accept": "application/json"}, stream=True)
             with response:
                 raise_for_status(response, f"GET {where}", ManifestUnknown)
-                data = _read_capped(response, f"listing {where}")
+                data = _read_capped(response, f"listing {where}", self._peer(response))
                 link = response.links.get("next", {}).get("url")
             try:
                 page = json.loads(data)
@@ -221,7 +231,7 @@ class RegistryClient:
         try:
             if not (offset and response.status_code == 416):
                 raise_for_status(response, "", BlobUnknown)
-            yield BlobResponse(response, limit)
+            yield BlobResponse(response, limit, self._peer(response))
         finally:
             response.close()
 

@@ -8,13 +8,20 @@ platform it breaks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from .client import RegistryClient
 from .deadline import Deadline
-from .errors import ManifestInvalid, RegistryError, SizeMismatch
+from .errors import (
+    HTTPStatusError,
+    ManifestInvalid,
+    RegistryError,
+    RegistryFailing,
+    SizeMismatch,
+    StorageError,
+)
 from .manifests import ImageManifest, IndexManifest, Manifest, parse_manifest
-from .model import EmptySelection, Finding, Kind, Selection, Target, TargetResult
+from .model import EmptySelection, Finding, Kind, RunProblem, Selection, Target, TargetResult, Trouble
 from .reference import Digest, ImageRef, Platform
 from .verify import check_manifest_digest
 
@@ -34,6 +41,33 @@ class Resolution:
     targets: Tuple[TargetResult, ...]
     findings: Tuple[Finding, ...]
     empty: Tuple[EmptySelection, ...] = ()
+
+
+def registry_failures(findings: Sequence[Finding], via: Callable[[str], str] = lambda registry: ""
+                      ) -> Tuple[List[Finding], List[RunProblem]]:
+    """Manifests a registry answered with 5xx are the registry failing (its storage, its database), not broken
+    content: one run problem per registry and answer (`the registry answers 500 UNKNOWN for 9 manifests`), with
+    every image it breaks, in place of a finding per manifest. `via(registry)` names the backend --connect-to
+    asked (` via HOST:PORT`). Returns the other findings and those problems."""
+    failing: Dict[Tuple[str, str], List[Finding]] = {}
+    rest: List[Finding] = []
+    for finding in findings:
+        error = finding.error
+        if (finding.kind is Kind.MANIFEST and not finding.replica and finding.affected
+                and isinstance(error, HTTPStatusError) and error.status >= 500 and not isinstance(error, StorageError)):
+            answer = f"{error.status} {error.code}".strip()
+            failing.setdefault((finding.affected[0].registry, answer), []).append(finding)
+        else:
+            rest.append(finding)
+    problems = []
+    for (registry, answer), same in failing.items():
+        count = len({f.label for f in same})
+        error = RegistryFailing(f"the registry{via(registry)} answers {answer} for {count} "
+                                f"manifest{'s' if count != 1 else ''}")
+        problems.append(RunProblem(Trouble.REGISTRY, error, registry,
+                                   tuple(dict.fromkeys(t for f in same for t in f.affected)),
+                                   max(f.finished for f in same)))
+    return rest, problems
 
 
 class Resolver:

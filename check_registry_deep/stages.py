@@ -20,7 +20,7 @@ from .discovery import empty_selections, repositories, tags
 from .errors import RegistryError
 from .model import EmptySelection, Finding, OriginCheck, RunProblem, Target, TargetResult, Trouble
 from .options import DiscoveryOptions
-from .origin import NO_TIME, OriginChecker
+from .origin import NO_TIME, OriginChecker, worth_asking
 from .reference import Digest, ImageRef, Platform
 from .replicas import compare_replica
 from .resolve import Resolver
@@ -86,6 +86,14 @@ class Lane:
     @property
     def current(self) -> Stage:
         return self.stages[self.stage]
+
+    def hold_for_origin(self, found: List[Finding]) -> List[Finding]:
+        """With an origin stage ahead, the failures of manifests and blobs worth asking wait for it (in
+        `unasked`); returns the rest."""
+        if Stage.ORIGIN not in self.stages or self.current not in (Stage.RESOLVE, Stage.BLOBS):
+            return found
+        self.unasked += [f for f in found if worth_asking(f)]
+        return [f for f in found if not worth_asking(f)]
 
     def brief(self, named: bool) -> str:
         return str(self.current) + (f" at {self.registry}" if named else "")

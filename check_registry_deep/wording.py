@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .errors import RegistryFailing
 from .judge import ImageVerdict, Judged, Judgement, broken_at_origin, cache_only, image_verdicts, judge
 from .model import EmptySelection, Finding, Mode, OriginCheck, RunProblem, ScanResult, Selection, Target, Trouble
 from .states import CRITICAL, OK, UNKNOWN, WARNING
@@ -39,11 +40,21 @@ def _plural(count: int, noun: str) -> str:
 def describe(item: Judged) -> str:
     """One finding or run problem, as the long output shows it: what, what is wrong (expected vs. got), what it
     breaks."""
-    if not isinstance(item, Finding):
-        return str(item.error)
+    if not isinstance(item, Finding):  # a run problem; a failing registry says what it breaks, like content
+        text = str(item.error)
+        return text + _affected(text, item.affected, "breaks") if isinstance(item.error, RegistryFailing) else text
     reason = str(item.error) if item.error is not None else "; ".join(item.caveats + item.notes)
     text = f"{item.kind} {item.label}: {reason}"
-    images = sorted({str(t) for t in item.affected})
+    verb = "breaks" if item.error is not None else "affects" if item.caveats else "in"
+    text += _affected(text, item.affected, verb)
+    if item.origin is not None and item.error is not None:
+        text += f"; {origin_verdict(item.origin)}"
+    return text
+
+
+def _affected(text: str, affected: Sequence[Target], verb: str) -> str:
+    """` - breaks A, B … and N more`: the images (and platforms) in sorted order, as many as fit in a line."""
+    images = sorted({str(t) for t in affected})
     if images:
         shown: List[str] = []
         for image in images:
@@ -51,11 +62,8 @@ def describe(item: Judged) -> str:
                 break
             shown.append(image)
         more = len(images) - len(shown)
-        verb = "breaks" if item.error is not None else "affects" if item.caveats else "in"
-        text += f" - {verb} " + ", ".join(shown) + (f" … and {more} more" if more else "")
-    if item.origin is not None and item.error is not None:
-        text += f"; {origin_verdict(item.origin)}"
-    return text
+        return f" - {verb} " + ", ".join(shown) + (f" … and {more} more" if more else "")
+    return ""
 
 
 def origin_verdict(origin: OriginCheck) -> str:
@@ -155,13 +163,16 @@ def problem_summary(judgement: Judgement, worst: str, slow: Optional[str], overd
     broken = judgement.failures
     if broken:
         images = _images([t for item in broken for t in item.affected])
-        head = _broken_head(broken)
+        # a registry answering 5xx is said as such, not as broken manifests; what else broke is counted after it
+        failing = [item for item in broken if isinstance(item.error, RegistryFailing)]
+        others = [item for item in broken if not isinstance(item.error, RegistryFailing)]
+        head = " and ".join([str(item.error) for item in failing] + ([_broken_head(others)] if others else []))
         if images:
             head += f", breaking {len(images)} of {_plural(len(scan.images), 'image')}"
         origins = [cache_only(item) if isinstance(item, Finding) else None for item in broken]
         if all(origins):
             head += f", all cache-only (origin {origins[0]} intact)"
-        parts.append(f"{head}: {short(broken[0])}")
+        parts.append(f"{head}: {short(others[0])}" if others else head)
     if scan.empty and judgement.empty_state != OK:
         more = len(scan.empty) - 1
         parts.append(empty_text(scan.empty[0]) + (f" (and {more} more that match nothing)" if more else ""))
