@@ -87,7 +87,7 @@ def attachment_policy(options: AttachmentOptions) -> Policy:
     imported only then), and a bad key file is a usage error."""
     key = None
     if options.cosign_key:
-        from .signatures import load_public_key  # noqa: PLC0415
+        from .signatures import load_public_key  # cryptography only with a key
         key = load_public_key(options.cosign_key)
     return Policy(options.referrers, options.require_signature, key)
 
@@ -156,7 +156,7 @@ def remember(scan: ScanResult, coverage: Coverage, access: AccessOptions) -> Sca
     return dataclasses.replace(scan, notes=notes, freshness=coverage.freshness(seen) if coverage.state_file else None)
 
 
-class progress_bar:  # noqa: N801 (used as a context manager, like open())
+class progress_bar:
     """A tqdm bar on stderr for a person at a terminal; nothing otherwise (tqdm is imported only then)."""
 
     def __init__(self, enabled: bool):
@@ -167,7 +167,7 @@ class progress_bar:  # noqa: N801 (used as a context manager, like open())
     def __enter__(self) -> Optional[Callable[[Stage, int, int, int], None]]:
         if not self.enabled:
             return None
-        from tqdm import tqdm  # noqa: PLC0415
+        from tqdm import tqdm
         # a terminal that reports no size (a pty under `script`, some serial consoles) would get no bar at all
         size = shutil.get_terminal_size((100, 20))
         self.bar = tqdm(file=sys.stderr, unit="B", unit_scale=True, leave=False, ncols=size.columns or 100,

@@ -380,7 +380,7 @@ class ReferrerWalker:
         """Does any of the signature's layers verify with the key, and which digests does it name? None when it
         has no cosign layer (a Notary signature: not one a cosign key can pass). Its payloads are read here (and
         counted as verified blobs), not again by the blob plan."""
-        from . import signatures  # noqa: PLC0415 (cryptography only with a key)
+        from . import signatures  # cryptography only with a key
 
         names: List[Digest] = []
         verified = False

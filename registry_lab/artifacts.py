@@ -77,7 +77,7 @@ def push_artifact_manifest(registry: LocalRegistry, repository: str, layers: Seq
     if embed:
         config_descriptor["data"] = base64.b64encode(config).decode()
     layer_descriptors = [layer.descriptor() for layer in layers]
-    for descriptor, extra in zip(layer_descriptors, annotations):
+    for descriptor, extra in zip(layer_descriptors, annotations, strict=False):  # annotations: the first layers
         descriptor["annotations"] = dict(extra)
     manifest: dict = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config_descriptor,
                       "layers": layer_descriptors}
@@ -219,7 +219,7 @@ def seed_attached(registry: LocalRegistry, keys, *, seed: str = "attached") -> A
     - `copied`: a `.sig` copied from `app` (it names app's digest);
     - `multi`: a two-platform index (children tagged too) whose `.sig` signs the index.
     """
-    from .signing import sign_simple, sigstore_bundle  # noqa: PLC0415 (cryptography only where keys are made)
+    from .signing import sign_simple, sigstore_bundle  # cryptography only where keys are made
 
     def image(name: str, tag: str = "1.0") -> Image:
         return push_image(registry, f"lab/{name}", tag, [Layer(random_bytes(f"{seed}-{name}-{tag}", 8192))], oci=True)
