@@ -17,7 +17,9 @@ import fcntl
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -90,9 +92,28 @@ def root_tarball(release: str, packages: Sequence[str] = (), *, cache: Path = CA
             partial.unlink(missing_ok=True)
             raise ChrootError(f"mmdebstrap {release} failed with {done.returncode}: {_tail(build_log)}")
         os.replace(partial, path)
+        for stale in Path(cache).glob("*.tar"):  # roots of package lists no longer asked for
+            if time.time() - stale.stat().st_mtime > max_age_days * 86400:
+                stale.unlink()
         if log:
             print(f"   built in {time.monotonic() - started:.0f}s", file=log, flush=True)
         return path
+
+
+def copy_source_tree(source: Path, destination: Path) -> None:
+    """A clean copy of a git work tree's files: tracked ones plus new ones not ignored (no .venv, caches or build
+    output)."""
+    destination.mkdir(parents=True)
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=source,
+                           check=True, capture_output=True).stdout
+    subprocess.run(["rsync", "-a", "--from0", "--files-from=-", "--ignore-missing-args", f"{source}/",
+                    f"{destination}/"], input=files, check=True)
+
+
+def end_on_sigterm() -> None:
+    """Let SIGTERM end this process as Ctrl-C does: its `with Chroot(...)` blocks still stop what they started
+    and remove their roots."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
 
 Command = Sequence[Union[str, os.PathLike]]
