@@ -96,7 +96,8 @@ def help_options() -> Dict[str, dict]:
             names = [form.split(" ")[0] for form in forms]
             long_names = [name for name in names if name.startswith("--")]
             assert long_names, f"option without a long form: {line!r} (the CheckCommand maps long options)"
-            current = {"metavar": len(forms[0].split(" ")) > 1, "help": spec.group(2) or ""}
+            # "-R URL, --registry URL" up to Python 3.12; "-R, --registry URL" from 3.13 on
+            current = {"metavar": any(" " in form for form in forms), "help": spec.group(2) or ""}
             options[long_names[0]] = current
         elif current is not None and re.match(r"^ {10,}\S", line):
             current["help"] += " " + line.strip()
