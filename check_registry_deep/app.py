@@ -12,11 +12,12 @@ import nagiosplugin
 import urllib3
 
 from .auth import load_credentials
-from .check import build_check, image_verdicts, judge, render
+from .check import build_check, render
 from .client import RegistryClient
 from .coverage import Coverage
 from .deadline import Deadline
 from .errors import UsageError
+from .judge import image_verdicts, judge
 from .metrics import Counts, ImageSample, publish
 from .model import ScanResult
 from .options import AccessOptions, CheckOptions
@@ -25,8 +26,10 @@ from .origin import OriginChecker
 from .reference import ImageRef
 from .report import table, to_json
 from .scan import Scanner
+from .stages import Stage
 from .states import CRITICAL, UNKNOWN
 from .transport import TLSOptions
+from .wording import image_problems
 
 
 def run_check(options: CheckOptions) -> Tuple[str, int]:
@@ -74,13 +77,14 @@ def metrics_of(scan: ScanResult, given: Sequence[Tuple[ImageRef, str]]) -> Tuple
     WARNING; none when UNKNOWN, not judged), and counts; images found by discovery are only counted, so the
     series stay bounded."""
     named = {(str(ref), registry) for ref, registry in given}
+    problems = image_problems(scan)
     samples = tuple(ImageSample(v.target.registry, str(v.target.image), str(v.target.platform or ""),
-                                v.state != CRITICAL)
+                                v.state != CRITICAL, problems.get(v.target, "") if v.state == CRITICAL else "")
                     for v in image_verdicts(scan)
                     if (str(v.target.image), v.target.registry) in named and v.state != UNKNOWN)
     given_refs = {ref for ref, _ in given}
     verified = scan.verified_blobs
-    broken = [f for f in scan.findings if f.kind.about_content and judge(f) == CRITICAL]
+    broken = [f for f in scan.findings if judge(f) == CRITICAL]
     return samples, Counts(len(scan.images), sum(1 for ref in scan.images if ref not in given_refs), len(broken),
                            len(verified), sum(f.bytes_read for f in verified), scan.retries, scan.oldest_verification)
 
@@ -120,8 +124,8 @@ def remember(scan: ScanResult, coverage: Coverage, access: AccessOptions) -> Sca
     """Record what was verified in the state file; add the run-wide notes and the stalest verification's age."""
     seen = [(t.target.registry, d.digest) for t in scan.targets for d in t.blobs if not d.foreign]
     # keyed by (registry, digest): a blob verified in one registry says nothing of another's copy
-    verified_keys = {(t.registry, f.subject) for f in scan.verified_blobs for t in f.affected}
-    verified = [(registry, digest) for registry, digest in seen if (registry, str(digest)) in verified_keys]
+    verified_keys = {(t.registry, f.digest) for f in scan.verified_blobs for t in f.affected}
+    verified = [key for key in seen if key in verified_keys]
     coverage.record(seen, verified)
     coverage.save()
     notes = ("TLS certificates NOT verified (--insecure)",) if access.insecure else ()
@@ -143,9 +147,9 @@ class progress_bar:  # noqa: N801 (used as a context manager, like open())
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.bar = None
-        self.stage = ""
+        self.stage: Optional[Stage] = None
 
-    def __enter__(self) -> Optional[Callable[[str, int, int, int], None]]:
+    def __enter__(self) -> Optional[Callable[[Stage, int, int, int], None]]:
         if not self.enabled:
             return None
         from tqdm import tqdm  # noqa: PLC0415
@@ -155,11 +159,11 @@ class progress_bar:  # noqa: N801 (used as a context manager, like open())
                         nrows=size.lines or 20)
         return self.update
 
-    def update(self, stage: str, done: int, total: int, read: int) -> None:
+    def update(self, stage: Stage, done: int, total: int, read: int) -> None:
         assert self.bar is not None
-        if stage != self.stage:
+        if stage is not self.stage:
             self.stage = stage
-            self.bar.set_description(stage)
+            self.bar.set_description(str(stage))
         self.bar.update(read)
         self.bar.set_postfix_str(f"{done}/{total}")
 

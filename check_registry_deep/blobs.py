@@ -13,9 +13,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from .client import RegistryClient
 from .deadline import Deadline
-from .errors import BlobUnknown, CheckError, DeadlineExceeded, SizeMismatch
-from .manifests import Descriptor
-from .model import Finding, Mode, Target, TargetResult
+from .errors import BlobUnknown, RegistryError, SizeMismatch
+from .model import Descriptor, Finding, Mode, Target, TargetResult
 from .reference import Digest
 from .transfer import BlobTransfer, retried
 from .verify import CHUNK_SIZE
@@ -71,13 +70,13 @@ class BlobChecker:
     def check(self, client: RegistryClient, work: BlobWork) -> List[Finding]:
         descriptor = work.descriptor
         if descriptor.foreign:
-            return [Finding(str(descriptor.digest), descriptor.kind, work.everyone, notes=(FOREIGN_SKIPPED,),
+            return [Finding(descriptor.kind, work.everyone, digest=descriptor.digest, notes=(FOREIGN_SKIPPED,),
                             size=descriptor.size, mode=Mode.SKIPPED)]
         repositories = list(work.by_repository)
         if not work.deep:
             findings, missing = self._confirm_presence(client, work, repositories)
             if not findings and len(missing) < len(repositories):
-                findings.append(Finding(str(descriptor.digest), descriptor.kind, work.everyone, size=descriptor.size,
+                findings.append(Finding(descriptor.kind, work.everyone, digest=descriptor.digest, size=descriptor.size,
                                         mode=Mode.PRESENT))
             return findings + [self._link_lost(work, repository, gone, None) for repository, gone in missing]
         missing = []
@@ -89,21 +88,19 @@ class BlobChecker:
             except BlobUnknown as exc:
                 missing.append((repository, exc))
                 continue
-            except DeadlineExceeded:
-                raise
-            except CheckError as exc:
-                return [Finding(str(descriptor.digest), descriptor.kind, work.everyone, error=exc,
+            except RegistryError as exc:
+                return [Finding(descriptor.kind, work.everyone, digest=descriptor.digest, error=exc,
                                 size=descriptor.size, repository=repository)]
             retries += transfer.repeated
             if retries:
                 caveats += (retried(retries),)
-            verified = Finding(str(descriptor.digest), descriptor.kind, work.everyone, caveats=caveats,
+            verified = Finding(descriptor.kind, work.everyone, digest=descriptor.digest, caveats=caveats,
                                size=descriptor.size, bytes_read=read, retries=retries, repository=repository)
             findings, more_missing = self._confirm_presence(client, work, repositories[position + 1:])
             return [verified] + findings + [self._link_lost(work, r, gone, repository)
                                             for r, gone in missing + more_missing]
         code = missing[0][1].code or "BLOB_UNKNOWN"
-        return [Finding(str(descriptor.digest), descriptor.kind, work.everyone, size=descriptor.size,
+        return [Finding(descriptor.kind, work.everyone, digest=descriptor.digest, size=descriptor.size,
                         error=BlobUnknown(f"404 {code} in every repository that references it "
                                           f"({', '.join(repositories)})", 404, code))]
 
@@ -123,12 +120,10 @@ class BlobChecker:
                                        f"{descriptor.size}")
             except BlobUnknown as exc:
                 missing.append((repository, exc))
-            except DeadlineExceeded:
-                raise
-            except CheckError as exc:
-                findings.append(Finding(str(descriptor.digest), descriptor.kind,
-                                        tuple(dict.fromkeys(work.by_repository[repository])), error=exc,
-                                        size=descriptor.size, repository=repository))
+            except RegistryError as exc:
+                findings.append(Finding(descriptor.kind, tuple(dict.fromkeys(work.by_repository[repository])),
+                                        digest=descriptor.digest, error=exc, size=descriptor.size,
+                                        repository=repository))
         return findings, missing
 
     @staticmethod
@@ -136,6 +131,6 @@ class BlobChecker:
         where = f"the blob itself verified in {verified_in}" if verified_in else "HEAD only this run"
         descriptor = work.descriptor
         return Finding(
-            str(descriptor.digest), descriptor.kind, tuple(dict.fromkeys(work.by_repository[repository])),
+            descriptor.kind, tuple(dict.fromkeys(work.by_repository[repository])), digest=descriptor.digest,
             error=BlobUnknown(f"404 {gone.code or 'BLOB_UNKNOWN'} in {repository} (the repository's link is gone; "
                               f"{where})", 404, gone.code), size=descriptor.size, repository=repository)

@@ -20,7 +20,7 @@ from . import __version__
 from .errors import UsageError
 from .options import AccessOptions, CheckOptions, DiscoveryOptions, ScaleOptions
 from .reference import DOMAIN_RE, REPOSITORY_RE, ImageRef, Platform
-from .states import EXIT_CODES, STATES, UNKNOWN, status_line
+from .states import EXIT_CODES, STATES, UNKNOWN, plain, status_line
 
 #: Seconds past the deadline after which the watchdog prints a status line whatever the run is doing.
 WATCHDOG_GRACE = 0.8
@@ -282,16 +282,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             tuple(images), seconds=seconds, timeout_state=timeout_state, workers=options.workers,
             platforms=tuple(platforms), warning=options.warning, critical=options.critical, verbose=verbose,
             access=access, scale=scale, started=started))
-    except UsageError as exc:  # user input may hold a |, which Nagios would read as the start of perfdata
-        output, exitcode = publish(metrics_file, status_line(UNKNOWN, str(exc)).replace("|", "/") + "\n",
+    except UsageError as exc:
+        output, exitcode = publish(metrics_file, status_line(UNKNOWN, str(exc)) + "\n",
                                    EXIT_CODES[UNKNOWN], started)
     except KeyboardInterrupt:
         output, exitcode = publish(metrics_file, status_line(UNKNOWN, "interrupted") + "\n", EXIT_CODES[UNKNOWN],
                                    started)
     except Exception as exc:  # the last line of defence: one line, and a traceback only at -vvv
-        output = status_line(UNKNOWN, f"internal error: {type(exc).__name__}: {exc}").replace("|", "/") + "\n"
+        output = status_line(UNKNOWN, f"internal error: {type(exc).__name__}: {exc}") + "\n"
         if verbose >= 3:
-            output += traceback.format_exc().replace("|", "/")
+            output += "".join(plain(line) + "\n" for line in traceback.format_exc().splitlines())
         output, exitcode = publish(metrics_file, output, EXIT_CODES[UNKNOWN], started)
     if watchdog is not None:
         watchdog.finish(output)

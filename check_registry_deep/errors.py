@@ -1,7 +1,7 @@
 """The project's exception hierarchy.
 
 Every fault the plugin can find is one of these types. Each class says what it means: whether it is
-transient (worth a retry) and which state it leads to, which `check.judge` reads; nobody parses messages.
+transient (worth a retry) and which state it leads to, which `judge.judge` reads; nobody parses messages.
 Messages say what was expected and what was got, and never carry a secret.
 """
 
@@ -16,7 +16,7 @@ class CheckError(Exception):
     """Base of everything the plugin raises on purpose."""
 
     transient = False
-    #: The state a finding with this error leads to; None: the -t state (see check.judge).
+    #: The state a finding with this error leads to; None: the -t state (see judge.judge).
     state: Optional[str] = UNKNOWN
 
 
@@ -33,9 +33,16 @@ class DeadlineExceeded(CheckError):
 
     state = None
 
+    def __init__(self, message: str, brief: str = ""):
+        super().__init__(message)
+        self.brief = brief or message  # without what was in flight: where the run was, for a line short of room
+
 
 class RegistryError(CheckError):
-    """The registry (or the way to it) does not serve what it should: pulls fail."""
+    """The registry (or the way to it) does not serve what it should: pulls fail.
+
+    What a job catches to turn into a finding on content: the deadline (and a bug) are no answer about the
+    content, and go on up to the scan."""
 
     state = CRITICAL
 
@@ -127,3 +134,25 @@ class UnsupportedDigest(RegistryError):
     """A well-formed digest whose algorithm we cannot compute: reported, never guessed; we cannot judge it."""
 
     state = UNKNOWN
+
+
+class SignatureProblem(RegistryError):
+    """A signature the user requires is missing, does not verify with the key, or names another image."""
+
+
+class NotSigned(SignatureProblem):
+    """No signature at all where one is required (for --cosign-key: no cosign signature)."""
+
+
+class SignatureInvalid(SignatureProblem):
+    """A signature that does not verify with the key, or a signed document that is not what cosign writes."""
+
+
+class SignatureMismatch(SignatureProblem):
+    """A signature that verifies, but for another digest than the image's."""
+
+    def __init__(self, signed: tuple, expected: object):
+        names = ", ".join(map(str, signed)) or "no digest"
+        super().__init__(f"signature is for {names}, not {expected}")
+        self.signed = signed
+        self.expected = expected

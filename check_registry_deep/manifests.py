@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Tuple, Union
 
 from .errors import ManifestInvalid
-from .model import Kind
+from .model import Descriptor, Kind
 from .reference import Digest, Platform, shown
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -27,29 +27,10 @@ IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 SCHEMA1_TYPES = frozenset({SCHEMA1_SIGNED, SCHEMA1})
 IMAGE_CONFIG_TYPES = frozenset({"application/vnd.docker.container.image.v1+json",
                                 "application/vnd.oci.image.config.v1+json"})
-FOREIGN_LAYER_TYPES = frozenset({"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-                                 "application/vnd.oci.image.layer.nondistributable.v1.tar",
-                                 "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-                                 "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"})
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 #: Kinds of content, as the output names them.
 LAYER, CONFIG, MANIFEST = Kind.LAYER, Kind.CONFIG, Kind.MANIFEST
-
-
-@dataclass(frozen=True)
-class Descriptor:
-    media_type: str
-    digest: Digest
-    size: Optional[int]  # None only for schema 1 layers, which declare no size
-    kind: Kind = LAYER
-    urls: Tuple[str, ...] = ()
-    platform: Optional[Platform] = None
-
-    @property
-    def foreign(self) -> bool:
-        """A non-distributable layer, fetched by clients from its `urls`, not from the registry."""
-        return bool(self.urls) or self.media_type in FOREIGN_LAYER_TYPES
 
 
 @dataclass(frozen=True)
@@ -122,7 +103,7 @@ def parse_manifest(body: bytes, content_type: str = "") -> Manifest:
         return _parse_schema1(doc, header_type if header_type in SCHEMA1_TYPES else SCHEMA1_SIGNED)
     if not isinstance(media_type, str):
         raise ManifestInvalid(f"manifest: expected mediaType to be str, got {type(media_type).__name__}")
-    if doc.get("schemaVersion") != 2:  # else {"schemaVersion": 7} under an image Content-Type was 0 blobs, OK
+    if doc.get("schemaVersion") != 2:  # {"schemaVersion": 7} under an image Content-Type: 0 blobs, an empty OK
         raise ManifestInvalid(f"unsupported manifest: mediaType {media_type[:80]!r}, schemaVersion "
                               f"{shown(doc.get('schemaVersion'))}")
     if "manifests" in doc and media_type not in IMAGE_TYPES:

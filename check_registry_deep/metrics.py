@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
 from .atomic import replace_file
-from .states import EXIT_CODES, OK, UNKNOWN, status_line
+from .states import EXIT_CODES, OK, UNKNOWN, plain, status_line
 
 LAST_SUCCESS = "registry_deep_last_success_timestamp_seconds"
 #: node_exporter runs as another user (prometheus on Debian): the file must be readable by it.
@@ -34,6 +34,7 @@ class ImageSample:
     image: str
     platform: str
     ok: bool
+    problem: str = ""  # when broken: what breaks it, as line 1 words a finding
 
 
 @dataclass(frozen=True)
@@ -103,11 +104,20 @@ def exposition(run: RunMetrics, check: str, last_success: Optional[float]) -> by
                          "0 if broken or unreachable; no sample when the run could not judge it",
                          ["check", "registry", "image", "platform"], registry=registry)
         worst: Dict[Tuple[str, str, str], bool] = {}
+        problems: Dict[Tuple[str, str, str], str] = {}
         for sample in run.images:  # an image given twice is broken if either row says so
             key = (sample.registry, sample.image, sample.platform)
             worst[key] = worst.get(key, True) and sample.ok
+            if sample.problem:
+                problems.setdefault(key, sample.problem)
         for (registry_url, image, platform), ok in worst.items():
             image_ok.labels(check, registry_url, image, platform).set(int(ok))
+        if problems:
+            problem_info = Gauge("registry_deep_image_problem_info", "1 for each image (given with -i/-f) the last "
+                                 "run found broken, labelled with what breaks it, as the plugin's line 1 words it",
+                                 ["check", "registry", "image", "platform", "problem"], registry=registry)
+            for (registry_url, image, platform), problem in problems.items():
+                problem_info.labels(check, registry_url, image, platform, problem).set(1)
     counts = run.counts
     if counts is not None:
         gauge("registry_deep_images", "Images checked in the last run, given and discovered", counts.images)
@@ -143,7 +153,7 @@ def publish(path: Optional[str], output: str, exitcode: int, started: float, ima
                                              counts))
     if problem is None:
         return output, exitcode
-    problem = problem.replace("|", "/").replace("\n", " ")  # a | would start perfdata
+    problem = plain(problem)
     worse = exitcode if exitcode != EXIT_CODES[OK] else EXIT_CODES[UNKNOWN]
     if not text:
         sys.stderr.write(problem + "\n")

@@ -1,19 +1,18 @@
-"""The facts a scan gathers: images and the findings on their content, with the blast radius of each.
+"""The facts a scan gathers: content (its kind and descriptor), images, the findings on their content with the
+blast radius of each, and the problems that kept the run from some content.
 
-Immutable values, shared by the gathering (scan), judging (check) and presenting (report) layers.
+Immutable values, shared by the gathering (manifests, scan), judging (judge) and presenting (wording, report)
+layers.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import Optional, Tuple
 
 from .errors import CheckError, DeadlineExceeded
 from .reference import Digest, ImageRef, Platform
-
-if TYPE_CHECKING:
-    from .manifests import Descriptor
 
 
 class _Word(str, enum.Enum):
@@ -27,23 +26,45 @@ class _Word(str, enum.Enum):
 
 
 class Kind(_Word):
-    """What a finding is about."""
+    """What a piece of content is: a blob (a layer, a config) or a manifest."""
 
     LAYER = "layer"
     CONFIG = "config"
     MANIFEST = "manifest"
-    REGISTRY = "registry"  # the registry itself: unreachable, refused us, or its listing failed
-    INTERNAL = "internal"  # a bug of ours in one job
-    DEADLINE = "deadline"  # the run's -t deadline
 
     @property
     def blob(self) -> bool:
         return self in (Kind.LAYER, Kind.CONFIG)
 
+
+#: Layers clients fetch from the descriptor's `urls`, not from the registry.
+FOREIGN_LAYER_TYPES = frozenset({"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                                 "application/vnd.oci.image.layer.nondistributable.v1.tar",
+                                 "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                                 "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"})
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: Digest
+    size: Optional[int]  # None only for schema 1 layers, which declare no size
+    kind: Kind = Kind.LAYER
+    urls: Tuple[str, ...] = ()
+    platform: Optional[Platform] = None
+
     @property
-    def about_content(self) -> bool:
-        """Whether the finding names content (a blob or manifest), rather than the run or the registry."""
-        return self in (Kind.LAYER, Kind.CONFIG, Kind.MANIFEST)
+    def foreign(self) -> bool:
+        """A non-distributable layer, fetched by clients from its `urls`, not from the registry."""
+        return bool(self.urls) or self.media_type in FOREIGN_LAYER_TYPES
+
+
+class Trouble(_Word):
+    """What kept the run from learning about content."""
+
+    REGISTRY = "registry"  # the registry itself: unreachable, refused us, or its listing failed
+    INTERNAL = "internal"  # a bug of ours in one job
+    DEADLINE = "deadline"  # the run's -t deadline
 
 
 class Mode(_Word):
@@ -88,14 +109,18 @@ class OriginCheck:
 
 @dataclass(frozen=True)
 class Finding:
-    """What the run learned about one piece of content (a blob, a manifest, a tag, the registry itself).
+    """What the run learned about one piece of content: a blob, or a manifest (an index child, an image's tag).
 
-    An `error` is a failure, `caveats` deserve a look, `notes` are said; check.judge turns them into a state.
+    The content is named by its `digest`, else (a manifest asked for by tag) by its `image`; `replica` is set when
+    the content was looked up on a replica rather than on the image's registry. An `error` is a failure, `caveats`
+    deserve a look, `notes` are said; judge.judge turns them into a state.
     """
 
-    subject: str  # a digest, an image reference, or a registry URL
     kind: Kind
     affected: Tuple[Target, ...]
+    digest: Optional[Digest] = None
+    image: Optional[ImageRef] = None  # the image whose manifest this is (with a digest: for the origin's lookup)
+    replica: str = ""  # a replica's base URL (--compare-registry)
     error: Optional[CheckError] = None
     caveats: Tuple[str, ...] = ()
     notes: Tuple[str, ...] = ()
@@ -107,24 +132,52 @@ class Finding:
     finished: float = 0.0  # seconds into the run
     origin: Optional[OriginCheck] = None  # with --origin, on a failure: the same content at the origin
 
+    def __post_init__(self) -> None:
+        if self.digest is None and self.image is None:
+            raise ValueError("a finding names its content by digest or image")
+
+    @property
+    def label(self) -> str:
+        """The content as the output names it: its digest (else its image), and the replica it was looked up on."""
+        what = str(self.digest) if self.digest is not None else str(self.image)
+        return f"{what} on {self.replica}" if self.replica else what
+
     @property
     def problem(self) -> bool:
         return self.error is not None or bool(self.caveats)
 
 
 @dataclass(frozen=True)
+class RunProblem:
+    """What kept the run from learning about some content: a registry that failed, a bug of ours in one job, the
+    deadline. `where` is the registry's URL or the job's label (empty for the deadline)."""
+
+    kind: Trouble
+    error: CheckError
+    where: str = ""
+    affected: Tuple[Target, ...] = ()
+    finished: float = 0.0  # seconds into the run
+
+    @property
+    def label(self) -> str:
+        return self.where or str(self.error)
+
+
+@dataclass(frozen=True)
 class ScanResult:
     images: Tuple[ImageRef, ...]
     targets: Tuple[TargetResult, ...]
-    findings: Tuple[Finding, ...]
+    findings: Tuple[Finding, ...]  # about content, in the order they were found
     elapsed: float
     retries: int
     interrupted: Optional[DeadlineExceeded] = None
+    run_problems: Tuple[RunProblem, ...] = ()  # a registry that failed, a bug of ours (the deadline: `interrupted`)
     notes: Tuple[str, ...] = ()  # about the whole run, e.g. TLS not verified
     oldest_verification: Optional[float] = None  # seconds, with --state-file: the stalest blob's last deep check
 
     @property
     def problems(self) -> Tuple[Finding, ...]:
+        """The findings that are failures or deserve a look."""
         return tuple(f for f in self.findings if f.problem)
 
     @property

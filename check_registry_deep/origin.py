@@ -2,9 +2,10 @@
 cache, CDN or load balancer in front) and verified the same way. Is the storage broken, or only the cache?
 
 The origin is reached with --registry's URL, Host header and TLS name (app.py builds its client like
---connect-to). Its answer is a fact on the finding (model.OriginCheck); check.py says what it means. It is asked
-inside the run: its deadline ends a little before the run's, so the run still answers in time, and its
-downloads count against --max-bytes; what there is no time or budget for is marked skipped, never lost.
+--connect-to). Its answer is a fact on the finding (model.OriginCheck); judge.py and wording.py say what it
+means. It is asked inside the run: its deadline ends a little before the run's, so the run still answers in
+time, and its downloads count against --max-bytes; what there is no time or budget for is marked skipped, never
+lost.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from typing import Optional
 
 from .client import RegistryClient
 from .errors import CheckError, DeadlineExceeded, RegistryError, UnsupportedDigest
-from .manifests import Descriptor
-from .model import Finding, OriginCheck
-from .reference import Digest
+from .model import Descriptor, Finding, OriginCheck
 from .resolve import Resolver
 from .transfer import BlobTransfer, stall_timeout
 
@@ -29,8 +28,7 @@ NO_BYTES = "--max-bytes spent"
 def worth_asking(finding: Finding) -> bool:
     """A blob or manifest that the registry does not serve as it should (not one we cannot judge): the origin
     may tell where it broke."""
-    return (finding.kind.about_content and isinstance(finding.error, RegistryError)
-            and not isinstance(finding.error, UnsupportedDigest))
+    return isinstance(finding.error, RegistryError) and not isinstance(finding.error, UnsupportedDigest)
 
 
 class OriginChecker:
@@ -76,16 +74,14 @@ class OriginChecker:
         return OriginCheck(self.address)
 
     def _blob(self, finding: Finding, cancelled: threading.Event) -> None:
-        descriptor = Descriptor("", Digest.parse(finding.subject), finding.size, finding.kind)
+        assert finding.digest is not None  # a blob is always named by its digest
+        descriptor = Descriptor("", finding.digest, finding.size, finding.kind)
         repository = finding.repository or finding.affected[0].image.repository
         transfer = BlobTransfer(self.client, repository, descriptor, cancelled=cancelled,
                                 deadline=self.deadline)
         self.client.retrier.run(transfer.run, f"blob {descriptor.digest.short()} at {self.address}")
 
     def _manifest(self, finding: Finding) -> None:
-        ref = finding.affected[0].image
-        try:  # an index child or an image pinned by digest, else the image's tag
-            digest: Optional[Digest] = Digest.parse(finding.subject)
-        except CheckError:
-            digest = ref.digest
+        ref = finding.image or finding.affected[0].image
+        digest = finding.digest  # an index child or an image pinned by digest, else the image's tag
         Resolver.fetch(self.client, ref, str(digest) if digest else ref.reference, digest, finding.size)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import List, Sequence
 
 from .client import RegistryClient
-from .errors import CheckError, DeadlineExceeded
+from .errors import CheckError, RegistryError
 from .model import Finding, Kind, Target, TargetResult
 from .reference import Digest, ImageRef
 from .verify import check_manifest_digest
@@ -21,19 +21,17 @@ def compare_replica(client: RegistryClient, ref: ImageRef, ours: Digest, primary
         fetched = client.get_manifest(ref.repository, ref.reference)
         theirs = check_manifest_digest(fetched.body, fetched.declared_digest, ref.digest)
     except CheckError as exc:
-        return [Finding(f"{ref} on {replica}", Kind.MANIFEST, targets, error=exc, repository=ref.repository)]
+        return [Finding(Kind.MANIFEST, targets, image=ref, replica=replica, error=exc, repository=ref.repository)]
     if theirs != ours:
-        return [Finding(f"{ref} on {replica}", Kind.MANIFEST, targets, repository=ref.repository, caveats=(
+        return [Finding(Kind.MANIFEST, targets, image=ref, replica=replica, repository=ref.repository, caveats=(
             f"replica serves {theirs} where {primary} serves {ours}",))]
     findings: List[Finding] = []
     blobs = {d.digest: d for t in resolved for d in t.blobs if not d.foreign}
     for descriptor in blobs.values():
         try:
             client.head_blob(ref.repository, descriptor.digest)
-        except DeadlineExceeded:
-            raise
-        except CheckError as exc:
+        except RegistryError as exc:
             affected = tuple(t.target for t in resolved if descriptor in t.blobs)
-            findings.append(Finding(f"{descriptor.digest} on {replica}", descriptor.kind, affected, error=exc,
+            findings.append(Finding(descriptor.kind, affected, digest=descriptor.digest, replica=replica, error=exc,
                                     size=descriptor.size, repository=ref.repository))
     return findings

@@ -1,6 +1,7 @@
 """For people and scripts: the per-image table of a manual run, and the full result as JSON.
 
-Presentation only: states come from check.judge (through check.image_verdicts), facts from the ScanResult.
+Presentation only: states come from judge.py (judge, image_verdicts), words from wording.py, facts from the
+ScanResult.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ import json
 from typing import Dict, List
 
 from . import __version__
-from .check import describe, human_bytes, image_verdicts, judge, origin_verdict
-from .model import ScanResult
+from .judge import Judged, image_verdicts, judge
+from .model import Finding, Mode, ScanResult
 from .states import SEVERITY
+from .wording import describe, human_bytes, origin_verdict
 
 JSON_SCHEMA_VERSION = 1
 
@@ -41,24 +43,30 @@ def table(scan: ScanResult) -> str:
                      for row in cells) + "\n"
 
 
+def _content_row(item: Judged) -> Dict:
+    """A finding, or a run problem in the same shape (the schema keeps both in `content`)."""
+    row = {"subject": item.label, "kind": item.kind, "repository": None, "size": None, "bytes_read": 0,
+           "check": Mode.VERIFIED, "state": judge(item).upper(), "error": str(item.error) if item.error else None,
+           "caveats": [], "notes": [], "retries": 0, "seconds": round(item.finished, 3),
+           "affects": sorted({str(t) for t in item.affected}), "origin": None}
+    if isinstance(item, Finding):
+        row.update(repository=item.repository or None, size=item.size, bytes_read=item.bytes_read, check=item.mode,
+                   caveats=list(item.caveats), notes=list(item.notes), retries=item.retries,
+                   origin=origin_verdict(item.origin) if item.origin else None)
+    return row
+
+
 def to_json(scan: ScanResult, state: str, summary: str) -> str:
-    findings = []
-    for finding in scan.findings:
-        findings.append({
-            "subject": finding.subject, "kind": finding.kind, "repository": finding.repository or None,
-            "size": finding.size, "bytes_read": finding.bytes_read, "check": finding.mode,
-            "state": judge(finding).upper(), "error": str(finding.error) if finding.error else None,
-            "caveats": list(finding.caveats), "notes": list(finding.notes), "retries": finding.retries,
-            "seconds": round(finding.finished, 3), "affects": sorted({str(t) for t in finding.affected}),
-            "origin": origin_verdict(finding.origin) if finding.origin else None})
+    items: List[Judged] = [*scan.run_problems, *scan.findings]
+    content = [_content_row(item) for item in items]
     document = {
         "schema": JSON_SCHEMA_VERSION, "plugin": f"check_registry_deep {__version__}",
         "state": state.upper(), "summary": summary, "elapsed": round(scan.elapsed, 3),
         "retries": scan.retries, "interrupted": str(scan.interrupted) if scan.interrupted else None,
         "notes": list(scan.notes), "oldest_verification": scan.oldest_verification,
-        "images": image_rows(scan), "content": findings,
+        "images": image_rows(scan), "content": content,
         "broken": [{"subject": row["subject"], "kind": row["kind"], "error": row["error"], "breaks": row["affects"],
-                    "line": describe(finding)} for row, finding in zip(findings, scan.findings) if row["error"]],
-        "to_repush": sorted({str(t.image) for f in scan.findings if f.error is not None for t in f.affected}),
+                    "line": describe(item)} for row, item in zip(content, items) if row["error"]],
+        "to_repush": sorted({str(t.image) for item in items if item.error is not None for t in item.affected}),
     }
     return json.dumps(document, indent=2) + "\n"

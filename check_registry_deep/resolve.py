@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence, Set, Tuple
 
 from .client import RegistryClient
 from .deadline import Deadline
-from .errors import CheckError, DeadlineExceeded, ManifestInvalid, SizeMismatch
+from .errors import CheckError, ManifestInvalid, RegistryError, SizeMismatch
 from .manifests import ImageManifest, IndexManifest, Manifest, parse_manifest
 from .model import Finding, Kind, Target, TargetResult
 from .reference import Digest, ImageRef, Platform
@@ -43,9 +43,8 @@ class Resolver:
         try:
             manifest, digest = self.fetch(client, ref, ref.reference, ref.digest)
         except CheckError as exc:
-            subject = str(ref.digest) if ref.digest else str(ref)
-            return Resolution(None, (), (Finding(subject, Kind.MANIFEST, (Target(ref, registry),), error=exc,
-                                                 repository=ref.repository),))
+            return Resolution(None, (), (Finding(Kind.MANIFEST, (Target(ref, registry),), digest=ref.digest, image=ref,
+                                                 error=exc, repository=ref.repository),))
         targets, findings = self._walk(client, ref, registry, manifest, digest, None, 0, set())
         return Resolution(digest, tuple(targets), tuple(findings))
 
@@ -66,12 +65,12 @@ class Resolver:
         target = Target(ref, registry, platform)
         if isinstance(manifest, ImageManifest):
             blobs = tuple({d.digest: d for d in manifest.blobs}.values())
-            caveats = [Finding(str(digest), Kind.MANIFEST, (target,), caveats=(SCHEMA1,), repository=ref.repository)
-                       ] if manifest.schema1 else []
+            caveats = [Finding(Kind.MANIFEST, (target,), digest=digest, image=ref, caveats=(SCHEMA1,),
+                                repository=ref.repository)] if manifest.schema1 else []
             return [TargetResult(target, digest, blobs, manifest.artifact)], caveats
         assert isinstance(manifest, IndexManifest)
         if depth >= MAX_INDEX_DEPTH:
-            return [], [Finding(str(digest), Kind.MANIFEST, (target,), repository=ref.repository, error=(
+            return [], [Finding(Kind.MANIFEST, (target,), digest=digest, image=ref, repository=ref.repository, error=(
                 ManifestInvalid(f"indexes nested deeper than {MAX_INDEX_DEPTH} levels")))]
         targets: List[TargetResult] = []
         findings: List[Finding] = []
@@ -86,11 +85,10 @@ class Resolver:
             try:
                 self.deadline.check(f"resolving {ref}")
                 child_manifest, child_digest = self.fetch(client, ref, str(child.digest), child.digest, child.size)
-            except DeadlineExceeded:
-                raise
-            except CheckError as exc:
-                findings.append(Finding(str(child.digest), Kind.MANIFEST, (Target(ref, registry, child_platform),),
-                                        error=exc, size=child.size, repository=ref.repository))
+            except RegistryError as exc:
+                findings.append(Finding(Kind.MANIFEST, (Target(ref, registry, child_platform),),
+                                        digest=child.digest, image=ref, error=exc, size=child.size,
+                                        repository=ref.repository))
                 continue
             more_targets, more_findings = self._walk(client, ref, registry, child_manifest, child_digest,
                                                      child_platform, depth + 1, seen)

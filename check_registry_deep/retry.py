@@ -71,7 +71,7 @@ class Retrier:
 
         The first attempt runs bare. Only a transient fault brings in tenacity (imported then, not at start-up),
         which is handed that fault as its own first attempt: the attempts, waits and messages are the same, and
-        the common case, a request that just works, no longer builds a Retrying each time.
+        the common case, a request that just works, builds no Retrying.
         """
         try:
             return operation(), 0

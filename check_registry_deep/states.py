@@ -21,6 +21,12 @@ def worst(states: Iterable[str]) -> str:
     return max(states, key=SEVERITY.__getitem__, default=OK)
 
 
+def plain(text: str) -> str:
+    """Text fit for one line of plugin output: Nagios reads `|` as the start of perfdata, a newline as the end of
+    line 1."""
+    return text.replace("|", "/").replace("\n", " ")
+
+
 def status_line(state: str, summary: str) -> str:
-    """Line 1 without perfdata: `REGISTRY_DEEP STATE - summary`."""
-    return f"{NAME} {state.upper()}" + (f" - {summary}" if summary else "")
+    """Line 1 without perfdata: `REGISTRY_DEEP STATE - summary`, the summary made plain."""
+    return f"{NAME} {state.upper()}" + (f" - {plain(summary)}" if summary else "")

@@ -102,6 +102,20 @@ def reason(exc: BaseException) -> str:
     return text.strip("()'\" ")[:160] or type(exc).__name__
 
 
+#: What OpenSSL says when the server answers the TLS handshake in plain HTTP (its "HTTP/1.1 400" read as a TLS
+#: record): OpenSSL 1.1 and 3.0 (bookworm), 3.2 and later (trixie), and a long reply read as a record's length.
+PLAIN_HTTP_SIGNS = ("wrong version number", "record layer failure", "packet length too long")
+
+
+def tls_failure(exc: BaseException, where: str) -> str:
+    """The line for a failed TLS handshake with `where` (scheme://host:port); when the server seems to speak plain
+    HTTP, it says so first (line 1 cuts a long reason) and names the http:// URL to use instead."""
+    if any(sign in str(exc).lower() for sign in PLAIN_HTTP_SIGNS):
+        return f"TLS failure talking to {where}: it answers plain HTTP (use http://{urlsplit(where).netloc}): " \
+               f"{reason(exc)}"
+    return f"TLS failure talking to {where}: {reason(exc)}"
+
+
 class Transport:
     """One registry's session. Its TLS settings and --connect-to also serve the token realm (auth.py)."""
 
@@ -193,7 +207,7 @@ class Transport:
             response = self.session.send(prepared, stream=stream, timeout=timeout, allow_redirects=False,
                                          **self._settings(url))
         except requests.exceptions.SSLError as exc:
-            raise TLSError(f"TLS failure talking to {where}: {reason(exc)}") from None
+            raise TLSError(tls_failure(exc, where)) from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             if self.deadline.expired():
                 raise DeadlineExceeded(f"deadline of {self.deadline.seconds:g}s passed during {method} "

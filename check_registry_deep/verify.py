@@ -1,7 +1,7 @@
 """Verifying bytes: one blob's stream against its descriptor, and a manifest's bytes against its digest.
 
 Streams and bytes in, errors out: no HTTP types, no scheduling and no Nagios here. transfer.py and resolve.py
-drive these; check.py judges what they raise.
+drive these; judge.py judges what they raise.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from .errors import (
     Truncated,
     UnsupportedDigest,
 )
-from .manifests import Descriptor, schema1_payload
+from .manifests import schema1_payload
+from .model import Descriptor
 from .reference import Digest
 
 CHUNK_SIZE = 1 << 20

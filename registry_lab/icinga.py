@@ -209,8 +209,9 @@ class NodeNameAdapter(requests.adapters.HTTPAdapter):
 class RunningIcinga:
     """An Instance running in the foreground (its own process group), and its REST API as the user `root`."""
 
-    def __init__(self, instance: Instance, port: int, password: str) -> None:
+    def __init__(self, instance: Instance, port: int, password: str, env: Optional[Dict[str, str]] = None) -> None:
         self.instance = instance
+        self.env = env  # the daemon's environment, which its checks and notification commands inherit
         self.port = port
         self.url = f"https://127.0.0.1:{port}/v1"
         self.session = requests.Session()
@@ -226,7 +227,7 @@ class RunningIcinga:
         give_to_daemon_user(self.instance.base)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(self.instance.argv("-x", "notice"), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, start_new_session=True, env=self.env)
 
     def answering(self) -> bool:
         if self.process is None or self.process.poll() is not None:
@@ -278,11 +279,17 @@ class RunningIcinga:
 
     def force_check(self, name: str, wait: float = 45.0) -> dict:
         """Reschedule the service now, forced, and return its next check result once Icinga has processed it."""
-        previous = self.service(name, ["last_check_result"])["last_check_result"]
-        asked = self.force(name)
+        previous = self.last_result(name)
+        return self.result_after(name, self.force(name), previous, wait)
+
+    def last_result(self, name: str) -> Optional[dict]:
+        return self.service(name, ["last_check_result"])["last_check_result"]
+
+    def result_after(self, name: str, asked: float, previous: Optional[dict], wait: float = 45.0) -> dict:
+        """The service's first check result scheduled at or after `asked` (a time.time()) other than `previous`."""
 
         def fresh() -> Optional[dict]:
-            result = self.service(name, ["last_check_result"])["last_check_result"]
+            result = self.last_result(name)
             return result if result and result["schedule_start"] >= asked and result != previous else None
 
         return poll(fresh, f"a check result for {name}", wait, self.output)

@@ -1,4 +1,5 @@
-"""Debian's prometheus-node-exporter (textfile collector only) and prometheus on 127.0.0.1, for the metrics tests.
+"""Debian's prometheus-node-exporter (textfile collector only), prometheus and prometheus-alertmanager on 127.0.0.1,
+for the metrics tests.
 
 Each runs in the foreground from its own directory on a free loopback port and is stopped by its PID.
 """
@@ -18,6 +19,7 @@ from .registry import free_port, stop_process
 
 NODE_EXPORTER = os.environ.get("NODE_EXPORTER_BINARY", "/usr/bin/prometheus-node-exporter")
 PROMETHEUS = os.environ.get("PROMETHEUS_BINARY", "/usr/bin/prometheus")
+ALERTMANAGER = os.environ.get("ALERTMANAGER_BINARY", "/usr/bin/prometheus-alertmanager")
 
 
 class _Daemon:
@@ -102,15 +104,18 @@ class LocalPrometheus(_Daemon):
     name = "prometheus"
     ready_path = "/-/ready"
 
-    def __init__(self, workdir: Path, targets: Sequence[str], rule_files: Sequence[Path] = ()):
+    def __init__(self, workdir: Path, targets: Sequence[str], rule_files: Sequence[Path] = (),
+                 alertmanagers: Sequence[str] = ()):
         super().__init__(workdir)
         self.targets = list(targets)
         self.rule_files = [str(Path(p).resolve()) for p in rule_files]
+        self.alertmanagers = list(alertmanagers)  # HOST:PORT each, sent every firing alert
 
     def argv(self) -> List[str]:
         config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                   "rule_files": self.rule_files,
-                  "scrape_configs": [{"job_name": "node", "static_configs": [{"targets": self.targets}]}]}
+                  "scrape_configs": [{"job_name": "node", "static_configs": [{"targets": self.targets}]}],
+                  "alerting": {"alertmanagers": [{"static_configs": [{"targets": self.alertmanagers}]}]}}
         path = self.workdir / "prometheus.yml"
         path.write_text(json.dumps(config, indent=1))  # JSON is YAML
         return [PROMETHEUS, f"--config.file={path}", f"--storage.tsdb.path={self.workdir / 'data'}",
@@ -147,3 +152,21 @@ class LocalPrometheus(_Daemon):
             if time.monotonic() > until:
                 raise AssertionError(f"no {state} alert {name} {labels} within {wait}s: {self.alerts()}")
             time.sleep(0.25)
+
+
+class LocalAlertmanager(_Daemon):
+    """prometheus-alertmanager with the configuration text `config` (e.g. the shipped example, its receiver's URL
+    pointed at a loopback webhook), alone: no cluster listener."""
+
+    name = "alertmanager"
+    ready_path = "/-/ready"
+
+    def __init__(self, workdir: Path, config: str):
+        super().__init__(workdir)
+        self.config = config
+
+    def argv(self) -> List[str]:
+        path = self.workdir / "alertmanager.yml"
+        path.write_text(self.config)
+        return [ALERTMANAGER, f"--config.file={path}", f"--storage.path={self.workdir / 'data'}",
+                f"--web.listen-address={self.address}", "--cluster.listen-address="]

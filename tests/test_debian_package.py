@@ -137,7 +137,7 @@ EXAMPLES = Path(f"/usr/share/doc/{PACKAGE}/examples")
 
 
 def test_prometheus_rules_and_systemd_units_are_examples_and_prometheus_client_a_dependency():
-    for name in ("registry-deep.rules.yml", "check-registry-deep-metrics.service",
+    for name in ("registry-deep.rules.yml", "alertmanager.yml", "check-registry-deep-metrics.service",
                  "check-registry-deep-metrics.timer"):
         assert dpkg_owner(EXAMPLES / name) == PACKAGE
     depends = subprocess.run(["dpkg-query", "-W", "-f", "${Depends}", PACKAGE], capture_output=True, text=True,

@@ -155,9 +155,23 @@ def test_tls_with_private_ca(plugin, lab, tmp_path, ca):
     assert bad.code == 2
     assert f"TLS failure talking to {registry.url}: " in bad.first and "certificate verify failed" in bad.first, \
         bad.first
+    assert "plain HTTP" not in bad.stdout  # a real TLS server with an untrusted certificate: no such hint
     assert insecure.code == 0
     assert "; TLS certificates NOT verified (--insecure)" in insecure.first
     assert "note: TLS certificates NOT verified (--insecure)" in insecure.lines
+
+
+@pytest.mark.parametrize("given", ["https://", ""])
+def test_a_plain_http_registry_addressed_with_https_is_told_to_use_http(plugin, pristine, given):
+    """The real registry serves plain HTTP; -R with https:// (or no scheme, which means https) fails the TLS
+    handshake, and the line says what to write instead."""
+    address = urlsplit(pristine.url).netloc
+    run = plugin("-R", f"{given}{address}", "-i", "base/golden:1")
+    assert run.code == 2, run.stdout
+    line = f"TLS failure talking to https://{address}: it answers plain HTTP (use http://{address}): "
+    assert run.first.startswith(f"REGISTRY_DEEP CRITICAL - 1 problem, breaking 1 of 1 image: {line}"), run.first
+    assert run.lines[1].startswith(f"CRITICAL: {line}"), run.lines[1]  # then OpenSSL's words
+    assert plugin("-R", f"http://{address}", "-i", "base/golden:1").code == 0  # the advice works
 
 
 def test_tls_with_required_client_certificate(plugin, lab, tmp_path, ca):

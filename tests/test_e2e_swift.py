@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from registry_lab import ImageSet, seed_sentinels
+from registry_lab.runbook import Runbook
 from registry_lab.swift import SwiftCluster, SwiftLab, SwiftRegistry, swift_available
 
 pytestmark = [pytest.mark.e2e, pytest.mark.swift]
@@ -265,3 +266,31 @@ def test_a_stalled_blob_does_not_hold_up_the_others_and_is_named_by_the_stall_ti
     blobs, _, failed, images_count, _ = map(int, PERFDATA.search(run.first).groups())
     assert (blobs, failed, images_count) == (20, 2, 9)  # every other blob verified while it stalled
     assert time.monotonic() - started < 16
+
+
+# -- the README's runbook on Swift -------------------------------------------------------------------------
+
+def test_runbook_repairs_a_truncated_blob_in_swift_by_uploading_a_checked_copy(plugin, swift, start_registry,
+                                                                               tmp_path):
+    """The repair of the runbook on the incident's own storage: the blob's object (a DLO manifest) deleted, as
+    `swift delete` does (its segments stay, for the post-mortem), then the runbook's own blocks: a good copy from
+    a healthy registry (one that redirects blob GETs to Swift: the block must follow), checked with sha256sum,
+    uploaded through the registry's API."""
+    golden = swift.images.golden.digest
+    registry, healthy = start_registry("plain"), start_registry("redirect")
+    registry.truncate_blob(golden, 4096)
+    run = sentinel_run(plugin, registry, swift)
+    assert run.code == 2, run.stdout
+    assert run.first.startswith(GOLDEN_BREAKS_8.format(short=short(golden)) +
+                                f"truncated: Content-Length says 4096 of {GOLDEN} bytes | "), run.first
+
+    segments = registry.segments(golden)
+    registry.cluster.delete_object(registry.container, registry.data_object(golden))
+    runbook = Runbook(tmp_path / "runbook", {"registry": registry.url, "good": healthy.url, "digest": golden,
+                                              "repo": "base/golden"})
+    done = runbook.run("good-copy", "upload")
+    assert done.stdout == f"{runbook.workdir}/blob: OK\n", done.stdout
+    assert re.search(rf'"GET /v2/base/golden/blobs/{golden} HTTP/1\.1" 307 .*"curl/',
+                     healthy.log_path.read_text(errors="replace")), "the good copy came without a redirect"
+    assert_ok(sentinel_run(plugin, registry, swift))
+    assert registry.segments(golden) != segments  # the upload's own segments; the damaged ones left aside

@@ -11,8 +11,9 @@ import re
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, List, Optional, Set
 
 import pytest
 
@@ -27,10 +28,16 @@ from registry_lab.icinga import (
     instantiated,
     private_dir,
 )
+from registry_lab.notify import MAIL_PATH_MISSING, MAIL_PATH_READY, MailSink, mail_text
 
 ICINGA = ROOT / "icinga"
 CHECKCOMMAND = ICINGA / "registry-deep.conf"
 EXAMPLES = ICINGA / "examples"
+NOTIFICATIONS = EXAMPLES / "notifications.conf"
+#: The on-call address of the notification examples (Icinga and Nagios alike).
+ONCALL = "registry-oncall@example.org"
+#: icinga2's own notification script (icinga2-common installs it; the example's NotificationCommand calls it).
+MAIL_SCRIPT = Path("/etc/icinga2/scripts/mail-service-notification.sh")
 SYSTEM_INCLUDE = Path("/usr/share/icinga2/include")
 
 needs_icinga2 = pytest.mark.skipif(ICINGA2 is None, reason="icinga2 is not installed (tools/debian-packages.txt)")
@@ -191,7 +198,7 @@ def test_checkcommand_loads_as_an_itl_contrib_include_without_colliding(scratch)
 def test_service_examples_validate_with_the_itl(scratch):
     instance = Instance(scratch)
     instance.write(f'include <itl>\ninclude <plugins>\ninclude "{CHECKCOMMAND}"\n'
-                   f'include "{EXAMPLES / "services.conf"}"\n')
+                   f'include "{EXAMPLES / "services.conf"}"\ninclude "{NOTIFICATIONS}"\n')
     counts = instantiated(assert_valid(instance.validate()))
     # Two registries: one with two sentinel sets, one with one; a notification for each of the three services.
     assert counts.get("Service") == 3, counts
@@ -203,10 +210,12 @@ def test_service_examples_validate_with_the_itl(scratch):
 E2E_SERVICE = "registry!registry-deep"
 
 
-@pytest.fixture
-def icinga(damaged, lab) -> Iterator[RunningIcinga]:
+@contextmanager
+def e2e_icinga(damaged, lab, mail: Optional[MailSink] = None) -> Iterator[RunningIcinga]:
     """icinga2 in the foreground, API on a free loopback port, one service using the shipped CheckCommand
-    against the private `damaged` registry. Always stopped, whatever the test does."""
+    against the private `damaged` registry. With `mail`, also the shipped notifications.conf, icinga2's own
+    mail-service-notification.sh in its ConfigDir/scripts, and a HOME whose ~/.msmtprc makes Debian's sendmail
+    (msmtp-mta) deliver to `mail`. Always stopped, whatever the test does."""
     if ICINGA2 is None:
         pytest.skip("icinga2 is not installed (tools/debian-packages.txt)")
     base = private_dir("icinga-e2e-")
@@ -254,14 +263,31 @@ object Service "registry-deep" {{
 	vars.registry_deep_critical = 40
 	vars.registry_deep_verbose = 1
 }}
-""")
-    running = RunningIcinga(instance, port, password)
+""" + (NOTIFYING.format(notifications=NOTIFICATIONS) if mail else ""))
+    env = None
+    if mail:
+        (instance.etc / "scripts").mkdir()
+        shutil.copy(MAIL_SCRIPT, instance.etc / "scripts")
+        env = {**os.environ, "HOME": str(mail.msmtp_home(base / "home", "icinga@localhost"))}
+    running = RunningIcinga(instance, port, password, env)
     try:
         running.start()
         yield running
     finally:
         running.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+NOTIFYING = """
+include "{notifications}"
+object NotificationComponent "notification" {{ }}
+"""
+
+
+@pytest.fixture
+def icinga(damaged, lab) -> Iterator[RunningIcinga]:
+    with e2e_icinga(damaged, lab) as running:
+        yield running
 
 
 def test_icinga_runs_the_check_ok_then_critical_when_the_golden_layer_breaks(icinga, damaged, lab):
@@ -334,3 +360,92 @@ def test_readme_icinga_example_validates(scratch):
     instance.write(f'include <itl>\ninclude <plugins>\ninclude "{CHECKCOMMAND}"\n{host}{snippet}')
     counts = instantiated(assert_valid(instance.validate()))
     assert counts.get("Service") == 1, counts
+
+
+# ------------------------------------------------------------------------------------------- notifications
+
+def notification_command(text: str, name: str) -> Dict[str, Dict[str, str]]:
+    """A NotificationCommand's `arguments` and `env` as {"arguments": {"-e": "$service.name$"}, "env": {...}}
+    (the shipped examples write one `KEY = "value"` a line)."""
+    block = re.search(rf'^object NotificationCommand "{name}" \{{\n(.*?)^\}}$', text, re.S | re.M)
+    assert block, f"no NotificationCommand {name}"
+    parts: Dict[str, Dict[str, str]] = {"arguments": {}, "env": {}}
+    for part in parts:
+        found = re.search(rf"^\t{part} = \{{\n(.*?)^\t\}}$", block.group(1), re.S | re.M)
+        if found:
+            parts[part] = dict(re.findall(r'^\t\t"?([-\w]+)"? = "([^"]*)"$', found.group(1), re.M))
+    return parts
+
+
+def script_interface(script: str) -> Dict[str, object]:
+    """What a notification script reads: {"options": {"-e": "SERVICENAME"}, "required": {...},
+    "macros": {"SERVICENAME": "$service.name$"}} from its getopts cases, its loop over the required parameters,
+    and its usage text (`-e SERVICENAME (\\$service.name\\$)`)."""
+    options = {f"-{letter}": var for letter, var in re.findall(r"^\s+(\w)\) (\w+)=\$OPTARG ;;", script, re.M)}
+    required = re.search(r"^for P in ([\w ]+?) ; do$", script, re.M)
+    assert options and required, "not a script of the shape icinga2 ships (getopts cases, a required loop)"
+    macros = dict(re.findall(r"^  -\w (\w+) \(\\(\$[\w.]+)\\\$", script, re.M))
+    return {"options": options, "required": set(required.group(1).split()),
+            "macros": {var: macro + "$" for var, macro in macros.items()}}
+
+
+def mismatches(command: Dict[str, Dict[str, str]], script: str) -> List[str]:
+    """How a NotificationCommand's arguments and env fail the script it calls: [] when they fit."""
+    interface = script_interface(script)
+    options: Dict[str, str] = interface["options"]  # type: ignore[assignment]
+    required: Set[str] = interface["required"]  # type: ignore[assignment]
+    macros: Dict[str, str] = interface["macros"]  # type: ignore[assignment]
+    problems = [f"the script has no option {key}" for key in command["arguments"] if key not in options]
+    problems += [f"the script reads no variable {key}" for key in command["env"]
+                 if key not in set(options.values())]
+    passed = {options[key]: value for key, value in command["arguments"].items() if key in options}
+    passed.update(command["env"])
+    problems += [f"required {var} is not passed" for var in sorted(required - set(passed))]
+    problems += [f"{var} gets {value}, the script documents {macros[var]}" for var, value in passed.items()
+                 if var in macros and value != macros[var]]
+    return problems
+
+
+needs_mail_script = pytest.mark.skipif(not MAIL_SCRIPT.exists(), reason=f"{MAIL_SCRIPT} is not installed (icinga2)")
+
+
+@needs_mail_script
+def test_the_example_notification_command_passes_what_icingas_mail_script_reads():
+    command = notification_command(NOTIFICATIONS.read_text(), "registry-deep-mail")
+    assert mismatches(command, MAIL_SCRIPT.read_text()) == []
+
+
+@needs_mail_script
+def test_a_notification_command_that_misnames_a_variable_is_caught():
+    """The control, and the bug the example had: SERVICEDESC (the Nagios macro's name) where the script reads
+    SERVICENAME; `icinga2 daemon -C` accepts it, and the script exits 1 on every notification."""
+    env = {"NOTIFICATIONTYPE": "$notification.type$", "SERVICEDESC": "$service.name$", "HOSTNAME": "$host.name$",
+           "HOSTDISPLAYNAME": "$host.display_name$", "SERVICEDISPLAYNAME": "$service.display_name$",
+           "SERVICESTATE": "$service.state$", "LONGDATETIME": "$icinga.long_date_time$",
+           "SERVICEOUTPUT": "$service.output$", "USEREMAIL": "$user.email$"}
+    assert mismatches({"arguments": {}, "env": env}, MAIL_SCRIPT.read_text()) == [
+        "the script reads no variable SERVICEDESC", "required SERVICENAME is not passed"]
+    assert mismatches({"arguments": {"-e": "$service.display_name$", "-x": "$host.name$"}, "env": {}},
+                      MAIL_SCRIPT.read_text())[:2] == [
+        "the script has no option -x", "required HOSTDISPLAYNAME is not passed"]
+
+
+@needs_mail_script
+@pytest.mark.skipif(not MAIL_PATH_READY, reason=MAIL_PATH_MISSING)
+def test_icinga_mails_the_whole_output_when_the_golden_layer_breaks(damaged, lab, tmp_path):
+    """icinga2 -> the example's NotificationCommand -> icinga2's mail-service-notification.sh -> mail (bsd-mailx)
+    -> Debian's sendmail (msmtp-mta, ~/.msmtprc of the daemon's HOME) -> SMTP on 127.0.0.1 (aiosmtpd)."""
+    with MailSink(tmp_path / "smtp") as mail, e2e_icinga(damaged, lab, mail) as icinga:
+        assert icinga.force_check(E2E_SERVICE)["state"] == 0
+        golden = lab.images.golden.digest
+        damaged.truncate_blob(golden, 4096)
+        output = icinga.force_check(E2E_SERVICE)["output"]
+        assert output.startswith("REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 8 of 9 images: layer "), output
+        message = mail.wait_for_message(ONCALL, log=icinga.output)
+    text = mail_text(message)
+    assert message["Subject"] == "[PROBLEM] registry-deep on registry is CRITICAL!"
+    assert f"\nInfo:    {output}\n" in text, text  # every line the plugin printed, as Icinga recorded it
+    blast = next(line for line in text.splitlines() if line.startswith(f"CRITICAL: layer {golden}: truncated"))
+    assert all(ref in blast for ref in lab.images.referencing(golden)), blast
+    assert "\nService: registry-deep\nHost:    registry\n" in text, text
+    assert len(mail.messages(ONCALL)) == 1

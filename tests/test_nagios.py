@@ -15,16 +15,20 @@ import shutil
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 
 from registry_lab.icinga import plugin_wrapper
+from registry_lab.notify import MAIL_PATH_MISSING, MAIL_PATH_READY, MailSink, mail_text
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ROOT / "nagios" / "check_registry_deep.cfg"
 SERVICES = ROOT / "nagios" / "examples" / "registry-deep-services.cfg"
+NOTIFICATIONS = ROOT / "nagios" / "examples" / "registry-deep-notifications.cfg"
+ONCALL = "registry-oncall@example.org"  # the example contact's address
 NAGIOS4 = shutil.which("nagios4") or (os.path.exists("/usr/sbin/nagios4") and "/usr/sbin/nagios4") or None
 DEBIAN_MAIN = Path("/etc/nagios4/nagios.cfg")
 PLUGIN_CONFIG = Path("/etc/nagios-plugins/config")
@@ -92,14 +96,16 @@ def test_command_file_and_service_example_pass_nagios4_verification(tmp_path):
     (tmp_path / "debian").mkdir()
     (tmp_path / "ours").mkdir()
     debian = verify(nagios_config(tmp_path / "debian", [], ours=False))
-    done = verify(nagios_config(tmp_path / "ours", [SERVICES]))
+    done = verify(nagios_config(tmp_path / "ours", [SERVICES, NOTIFICATIONS]))
     for run in (debian, done):
         assert run.returncode == 0, run.stdout + run.stderr
         assert re.search(r"Total Warnings: 0\s+Total Errors:\s+0", run.stdout), run.stdout
     before, after = checked(debian.stdout), checked(done.stdout)
     assert after["services"] == before["services"] + 2, done.stdout
     assert after["hosts"] == before["hosts"] + 1, done.stdout
-    assert after["commands"] == before["commands"] + 2, done.stdout  # the command file was loaded from cfg_dir
+    # the command file, loaded from cfg_dir, and the notification command
+    assert after["commands"] == before["commands"] + 3, done.stdout
+    assert after["contacts"] == before["contacts"] + 1, done.stdout
 
 
 def test_command_names_do_not_collide_with_debians_plugin_configs():
@@ -129,9 +135,11 @@ def status_block(status: Path, host: str, service: str) -> Dict[str, str]:
     return {}
 
 
-@pytest.fixture
-def nagios(tmp_path, damaged, lab) -> Iterator[dict]:
-    """nagios4 in the foreground with one service on the private `damaged` registry. Always stopped."""
+@contextmanager
+def e2e_nagios(tmp_path: Path, damaged, lab, mail: Optional[MailSink] = None) -> Iterator[dict]:
+    """nagios4 in the foreground with one service on the private `damaged` registry. With `mail`, the service
+    notifies the shipped example's contact group, and the daemon's HOME holds an ~/.msmtprc that makes Debian's
+    sendmail (msmtp-mta) deliver to `mail`. Always stopped."""
     images = tmp_path / "sentinels.images"
     images.write_text("# sentinel images\n" + "\n".join(lab.images.refs()) + "\n")
     objects = tmp_path / "e2e.cfg"
@@ -152,17 +160,19 @@ define service {{
     check_command           check_registry_deep!{damaged.url}!{images}!--timeout 50 --warning 30
     check_interval          60
     max_check_attempts      1
-    notifications_enabled   0
-    contact_groups          admins
+    notifications_enabled   {1 if mail else 0}
+    contact_groups          {"registry-oncall" if mail else "admins"}
 }}
 """)
-    main = nagios_config(tmp_path, [objects], {"check_result_reaper_frequency": "1", "status_update_interval": "1",
-                                              "log_initial_states": "0", "max_service_check_spread": "1"})
+    main = nagios_config(tmp_path, [objects, *([NOTIFICATIONS] if mail else [])],
+                         {"check_result_reaper_frequency": "1", "status_update_interval": "1",
+                          "log_initial_states": "0", "max_service_check_spread": "1"})
     done = verify(main)
     assert done.returncode == 0, done.stdout
+    env = {**os.environ, "HOME": str(mail.msmtp_home(tmp_path / "home", "nagios@localhost"))} if mail else None
     with open(tmp_path / "nagios4.out", "wb") as log:
         process = subprocess.Popen([NAGIOS4, str(main)], stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+                                   stdin=subprocess.DEVNULL, start_new_session=True, env=env)
     try:
         yield {"process": process, "var": tmp_path / "var", "log": tmp_path / "nagios4.out"}
     finally:
@@ -173,6 +183,12 @@ define service {{
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=15)
+
+
+@pytest.fixture
+def nagios(tmp_path, damaged, lab) -> Iterator[dict]:
+    with e2e_nagios(tmp_path, damaged, lab) as running:
+        yield running
 
 
 def force_check(nagios: dict, host: str, service: str, wait: float = 45.0) -> Dict[str, str]:
@@ -213,3 +229,26 @@ def test_nagios_runs_the_command_ok_then_critical_when_the_golden_layer_breaks(n
     assert blast, long_output
     for ref in lab.images.referencing(golden):
         assert ref in blast[0]
+
+
+@pytest.mark.skipif(not MAIL_PATH_READY, reason=MAIL_PATH_MISSING)
+def test_nagios_mails_the_long_output_when_the_golden_layer_breaks(tmp_path, damaged, lab):
+    """nagios4 -> the example's notify-service-by-email-long (printf | mail, as Debian's own command) -> bsd-mailx
+    -> Debian's sendmail (msmtp-mta, ~/.msmtprc of the daemon's HOME) -> SMTP on 127.0.0.1 (aiosmtpd)."""
+    with MailSink(tmp_path / "smtp") as mail, e2e_nagios(tmp_path, damaged, lab, mail) as nagios:
+        assert force_check(nagios, "registry", "Registry deep check")["current_state"] == "0"
+        golden = lab.images.golden.digest
+        damaged.truncate_blob(golden, 4096)
+        fields = force_check(nagios, "registry", "Registry deep check")
+        assert fields["current_state"] == "2", fields
+        message = mail.wait_for_message(ONCALL, log=lambda: nagios["log"].read_text())
+    text = mail_text(message)
+    assert message["Subject"] == "** PROBLEM Service Alert: registry/Registry deep check is CRITICAL **"
+    first = fields["plugin_output"]
+    assert first.startswith("REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 8 of 9 images: layer "), first
+    long_output = fields["long_plugin_output"].replace("\\n", "\n")
+    assert f"Additional Info:\n\n{first}\n{long_output}\n" in text, text  # line 1, then every other line
+    blast = next(line for line in text.splitlines() if line.startswith(f"CRITICAL: layer {golden}: truncated"))
+    assert all(ref in blast for ref in lab.images.referencing(golden)), blast
+    assert "\nService: Registry deep check\nHost: registry\n" in text, text
+    assert len(mail.messages(ONCALL)) == 1

@@ -18,10 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from check_registry_deep.metrics import Counts, ImageSample, RunMetrics, exposition
 from registry_lab import SilentServer
-from registry_lab.prometheus import PROMETHEUS, LocalPrometheus, NodeExporter
+from registry_lab.notify import WebhookReceiver
+from registry_lab.prometheus import ALERTMANAGER, PROMETHEUS, LocalAlertmanager, LocalPrometheus, NodeExporter
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "prometheus" / "registry-deep.rules.yml"
+ALERTMANAGER_EXAMPLE = ROOT / "prometheus" / "alertmanager.yml"
 RULE_TESTS = ROOT / "tests" / "prometheus" / "registry-deep.rules.test.yml"
 UNITS = sorted((ROOT / "systemd").glob("check-registry-deep-metrics.*"))
 PLUGIN_PATH = "/usr/lib/nagios/plugins/check_registry_deep"
@@ -295,11 +297,62 @@ def test_a_real_prometheus_with_the_rules_fires_on_the_broken_image(plugin, dama
             f"check_registry_deep misconfigured on {node_exporter.address} has not finished a fully OK run yet"
 
 
+@pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool is not installed (prometheus-alertmanager)")
+def test_the_alertmanager_example_passes_amtool_and_routes_a_broken_image_to_the_oncall_webhook():
+    done = run("amtool", "check-config", str(ALERTMANAGER_EXAMPLE))
+    assert done.returncode == 0, done.stdout + done.stderr
+    routed = run("amtool", "config", "routes", "test", f"--config.file={ALERTMANAGER_EXAMPLE}",
+                 "alertname=RegistryDeepImageBroken", "severity=critical", "image=base/golden:1")
+    assert routed.stdout.strip() == "registry-oncall", routed.stdout + routed.stderr
+    routed = run("amtool", "config", "routes", "test", f"--config.file={ALERTMANAGER_EXAMPLE}",
+                 "alertname=RegistryDeepCheckNotRunning", "severity=warning")
+    assert routed.stdout.strip() == "default", routed.stdout + routed.stderr
+
+
+def example_alertmanager_config(webhook: str) -> str:
+    """The shipped example with its webhook pointed at `webhook`, and its waits in seconds (a test's minutes)."""
+    text = ALERTMANAGER_EXAMPLE.read_text()
+    text, urls = re.subn(r"(?m)^(\s+- url: ).*$", rf"\g<1>{webhook}", text)
+    text, waits = re.subn(r"(?m)^(\s+group_(?:wait|interval): )\S+$", r"\g<1>1s", text)
+    assert (urls, waits) == (1, 3), text  # nothing else is touched: the test catches a changed route
+    return text
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not (Path(PROMETHEUS).exists() and Path(ALERTMANAGER).exists()),
+                    reason="prometheus or prometheus-alertmanager is not installed (tools/debian-packages.txt)")
+def test_a_broken_image_reaches_the_oncall_webhook_through_the_example_alertmanager_route(
+        plugin, damaged, lab, tmp_path, textfile, node_exporter):
+    """The plugin's --metrics-file -> node_exporter -> prometheus with the shipped rules -> prometheus-alertmanager
+    with the shipped route -> a webhook on 127.0.0.1 (a small HTTP server of the test's: the pager's stand-in)."""
+    golden = lab.images.golden.digest
+    damaged.truncate_blob(golden, 4096)
+    args = ["-R", damaged.url, *image_args(lab.images.refs()), "--metrics-file", str(textfile / "sentinels.prom")]
+    assert plugin(*args).code == 2
+    with WebhookReceiver() as webhook, \
+            LocalAlertmanager(tmp_path / "alertmanager", example_alertmanager_config(f"{webhook.url}/page")) as am, \
+            LocalPrometheus(tmp_path / "prometheus", [node_exporter.address], [RULES], [am.address]):
+        alert = webhook.wait_for_alert("RegistryDeepImageBroken", log=am.log, image="apps/legacy:2.0",
+                                       platform="linux/386")
+    assert webhook.requests[0]["path"] == "/page"
+    assert alert["labels"]["registry"] == damaged.url and alert["labels"]["check"] == "sentinels"
+    assert alert["annotations"] == {
+        "summary": f"{damaged.url} serves a broken image: apps/legacy:2.0 (linux/386)",
+        "description": f"check_registry_deep (sentinels on {node_exporter.address}) could not pull every blob of "
+                       f"this image intact in its last run: layer {golden[:19]}… truncated: Content-Length says "
+                       "4096 of 1048576 bytes."}
+    paged = {(a["labels"]["image"], a["labels"].get("platform", "")) for payload in webhook.payloads
+             for a in payload["alerts"] if a["labels"]["alertname"] == "RegistryDeepImageBroken"}
+    assert ("artifacts/sbom:1.0", "") not in paged
+    assert all(len(payload["alerts"]) == 1 for payload in webhook.payloads)  # one page per image and platform
+
+
 def test_the_readme_documents_every_metric_and_every_rule_as_shipped():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Prometheus: a durability SLI")[1].split("\n## ")[0]
     documented = set(re.findall(r"[|,] `(registry_deep_\w+)[`{]", section))
-    full = RunMetrics(2, 1.0, 1.0, (ImageSample("https://r", "a:1", "", False),), Counts(1, 0, 1, 1, 1, 0, 1.0))
+    full = RunMetrics(2, 1.0, 1.0, (ImageSample("https://r", "a:1", "", False, "layer x"),),
+                      Counts(1, 0, 1, 1, 1, 0, 1.0))
     written = {family.name for family in text_string_to_metric_families(exposition(full, "x", None).decode())}
     assert documented == written
     shipped = dict(re.findall(r"- alert: (\w+)\n\s+expr: (.+)", RULES.read_text()))

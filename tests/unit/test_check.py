@@ -1,4 +1,5 @@
-"""check.py: hand-made ScanResults judged and rendered: states, line 1, long output, perfdata, 8 KiB cap."""
+"""check.py, judge.py, wording.py: hand-made ScanResults judged and rendered: states, line 1, long output,
+perfdata, 8 KiB cap."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Optional, Sequence
 import nagiosplugin
 import pytest
 
-from check_registry_deep import check
+from check_registry_deep import check, wording
 from check_registry_deep.blobs import FOREIGN_SKIPPED
 from check_registry_deep.errors import (
     BlobUnknown,
@@ -21,7 +22,7 @@ from check_registry_deep.errors import (
     UnsupportedDigest,
 )
 from check_registry_deep.manifests import LAYER, Descriptor
-from check_registry_deep.model import Finding, Kind, Mode, ScanResult, Target, TargetResult
+from check_registry_deep.model import Finding, Kind, Mode, RunProblem, ScanResult, Target, TargetResult, Trouble
 from check_registry_deep.reference import Digest, ImageRef, Platform
 
 REGISTRY = "http://127.0.0.1:5000"
@@ -33,15 +34,16 @@ D = [Digest.of(f"blob {i}".encode()) for i in range(10)]
 PERF = "blobs=3;;;0 bytes=1200000B;;;0 failed={failed};;;0 images=2;;;0 retries={retries};;;0 time=0.5s;;;0"
 
 GOOD = (
-    Finding(str(D[0]), Kind.LAYER, (T_APP,), size=1_000_000, bytes_read=1_000_000, repository="team/app"),
-    Finding(str(D[1]), Kind.LAYER, (T_APP, T_DB), size=150_000, bytes_read=150_000, repository="team/app"),
-    Finding(str(D[2]), Kind.CONFIG, (T_DB,), size=50_000, bytes_read=50_000, repository="team/db"),
+    Finding(Kind.LAYER, digest=D[0], affected=(T_APP,), size=1_000_000, bytes_read=1_000_000, repository="team/app"),
+    Finding(Kind.LAYER, digest=D[1], affected=(T_APP, T_DB), size=150_000, bytes_read=150_000, repository="team/app"),
+    Finding(Kind.CONFIG, digest=D[2], affected=(T_DB,), size=50_000, bytes_read=50_000, repository="team/db"),
 )
 
 
 def scan_of(*extra: Finding, interrupted: Optional[DeadlineExceeded] = None, retries: int = 0,
-            images: Sequence[ImageRef] = (APP, DB), elapsed: float = 0.5, targets=()) -> ScanResult:
-    return ScanResult(tuple(images), tuple(targets), GOOD + extra, elapsed, retries, interrupted)
+            images: Sequence[ImageRef] = (APP, DB), elapsed: float = 0.5, targets=(),
+            problems: Sequence[RunProblem] = ()) -> ScanResult:
+    return ScanResult(tuple(images), tuple(targets), GOOD + extra, elapsed, retries, interrupted, tuple(problems))
 
 
 def run(scan: ScanResult, **options) -> tuple:
@@ -52,7 +54,7 @@ def run(scan: ScanResult, **options) -> tuple:
 
 
 def broken(digest: Digest, error, *affected: Target, kind: Kind = LAYER) -> Finding:
-    return Finding(str(digest), kind, affected, error=error, size=100, repository="team/app")
+    return Finding(kind, affected, digest=digest, error=error, size=100, repository="team/app")
 
 
 # -- OK --------------------------------------------------------------------------------------------------
@@ -74,7 +76,7 @@ def test_ok_singular_and_retries_perfdata():
 
 
 def test_ok_with_foreign_layer_note():
-    foreign = Finding(str(D[3]), Kind.LAYER, (T_DB,), notes=(FOREIGN_SKIPPED,), size=7, mode=Mode.SKIPPED)
+    foreign = Finding(Kind.LAYER, digest=D[3], affected=(T_DB,), notes=(FOREIGN_SKIPPED,), size=7, mode=Mode.SKIPPED)
     output, code, _ = run(scan_of(foreign))
     lines = output.splitlines()
     assert lines[0].startswith("REGISTRY_DEEP OK - 2 images, 3 blobs, 1.2 MB verified in 0.5s, "
@@ -85,12 +87,12 @@ def test_ok_with_foreign_layer_note():
 
 
 def test_human_bytes():
-    assert check.human_bytes(0) == "0 B"
-    assert check.human_bytes(999) == "999 B"
-    assert check.human_bytes(1000) == "1.0 kB"
-    assert check.human_bytes(1_200_000) == "1.2 MB"
-    assert check.human_bytes(412_300_000) == "412.3 MB"
-    assert check.human_bytes(5_000_000_000_000) == "5000.0 GB"
+    assert wording.human_bytes(0) == "0 B"
+    assert wording.human_bytes(999) == "999 B"
+    assert wording.human_bytes(1000) == "1.0 kB"
+    assert wording.human_bytes(1_200_000) == "1.2 MB"
+    assert wording.human_bytes(412_300_000) == "412.3 MB"
+    assert wording.human_bytes(5_000_000_000_000) == "5000.0 GB"
 
 
 # -- CRITICAL --------------------------------------------------------------------------------------------
@@ -123,9 +125,9 @@ def test_critical_lists_every_broken_blob_and_counts_images():
 
 
 def test_critical_registry_unreachable():
-    finding = Finding(REGISTRY, Kind.REGISTRY, (T_APP, T_DB),
-                            error=TransportError(f"{REGISTRY} unreachable: connection refused"))
-    output, code, _ = run(scan_of(finding))
+    problem = RunProblem(Trouble.REGISTRY, TransportError(f"{REGISTRY} unreachable: connection refused"), REGISTRY,
+                         (T_APP, T_DB))
+    output, code, _ = run(scan_of(problems=[problem]))
     lines = output.splitlines()
     assert lines[0].startswith(f"REGISTRY_DEEP CRITICAL - 1 problem, breaking 2 of 2 images: {REGISTRY} "
                                "unreachable: connection refused | ")
@@ -145,10 +147,33 @@ def test_critical_beats_unknown():
     assert lines[2].startswith("UNKNOWN: ")
 
 
+def test_a_manifest_named_by_its_image_is_never_cut_like_a_digest():
+    """Only a digest is shortened on line 1; an image reference is said whole, whatever its shape."""
+    ref = ImageRef.parse("averyveryverylongname-of-an-image:with-a-long-tag")
+    finding = Finding(Kind.MANIFEST, (Target(ref, REGISTRY),), image=ref,
+                      error=ManifestUnknown("404 MANIFEST_UNKNOWN", 404, "MANIFEST_UNKNOWN"))
+    output, code, _ = run(scan_of(finding, images=(ref,)))
+    assert output.splitlines()[0] == (f"REGISTRY_DEEP CRITICAL - 1 broken manifest, breaking 1 of 1 image: manifest "
+                                      f"{ref} 404 MANIFEST_UNKNOWN | " + PERF.format(failed=1, retries=0)
+                                      .replace("images=2", "images=1"))
+    assert code == 2
+
+
+def test_image_problems_name_the_first_by_kind_and_label_whatever_order_they_were_found_in():
+    unreachable = RunProblem(Trouble.REGISTRY, TransportError(f"{REGISTRY} unreachable: connection refused"),
+                             REGISTRY, (T_DB,))
+    scan = scan_of(broken(D[6], SizeMismatch("truncated: got 5 of 100 bytes"), T_APP),
+                   broken(D[5], BlobUnknown("404 BLOB_UNKNOWN", 404, "BLOB_UNKNOWN"), T_APP, kind=Kind.CONFIG),
+                   problems=[unreachable])
+    assert wording.image_problems(scan) == {
+        T_APP: f"config {D[5].short()}… 404 BLOB_UNKNOWN and 1 more",
+        T_DB: f"{REGISTRY} unreachable: connection refused"}
+
+
 # -- WARNING ---------------------------------------------------------------------------------------------
 
 def test_warning_for_caveats():
-    caveat = Finding(str(D[5]), Kind.LAYER, (T_APP,), caveats=("verified only after 1 retry",), size=100,
+    caveat = Finding(Kind.LAYER, digest=D[5], affected=(T_APP,), caveats=("verified only after 1 retry",), size=100,
                            bytes_read=100)
     output, code, state = run(scan_of(caveat, retries=1))
     lines = output.splitlines()
@@ -161,7 +186,7 @@ def test_warning_for_caveats():
 
 
 def test_critical_beats_warning():
-    caveat = Finding(str(D[5]), Kind.LAYER, (T_APP,), caveats=("verified only after 1 retry",))
+    caveat = Finding(Kind.LAYER, digest=D[5], affected=(T_APP,), caveats=("verified only after 1 retry",))
     output, code, _ = run(scan_of(caveat, broken(D[6], SizeMismatch("truncated: got 5 of 100 bytes"), T_DB)))
     assert output.startswith("REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 1 of 2 images: ")
     assert "1 warning: " in output.splitlines()[0]
@@ -195,9 +220,9 @@ def test_unknown_for_unsupported_digest():
 
 
 def test_unknown_for_internal_error():
-    finding = Finding("manifest of team/app:1", Kind.INTERNAL, (),
-                            error=InternalError("internal error while checking x: KeyError: 'a'"))
-    output, code, _ = run(scan_of(finding))
+    problem = RunProblem(Trouble.INTERNAL, InternalError("internal error while checking x: KeyError: 'a'"),
+                         "manifest of team/app:1")
+    output, code, _ = run(scan_of(problems=[problem]))
     assert output.splitlines()[0].startswith("REGISTRY_DEEP UNKNOWN - 1 problem: internal error while checking x: "
                                              "KeyError: 'a' | ")
     assert code == 3
@@ -245,12 +270,12 @@ def test_long_deadline_text_is_cut_to_its_stage_on_line_1():
     long = "deadline of 5s passed while verifying blobs (1 of 300 done); waiting on " + ", ".join(
         f"layer sha256:{'a' * 12}… of team/app{i}:1" for i in range(10))
     scan = scan_of(broken(D[5], SizeMismatch("truncated: got 5 of 100 bytes"), T_APP),
-                   interrupted=DeadlineExceeded(long))
+                   interrupted=DeadlineExceeded(long, brief="deadline of 5s passed while verifying blobs"))
     output, _, _ = run(scan)
     first = output.splitlines()[0]
     summary = first.split(" - ", 1)[1].split(" | ")[0]
     assert summary.endswith("; deadline of 5s passed while verifying blobs")
-    assert len(summary) <= check.MAX_SUMMARY
+    assert len(summary) <= wording.MAX_SUMMARY
     assert f"UNKNOWN: {long}" in output.splitlines()
 
 
@@ -271,7 +296,7 @@ def test_verbose_lines_per_image():
 
 def test_verbose_lines_come_in_name_order_and_name_what_did_not_resolve():
     """Whatever order the manifests came in; an index child that could not be fetched gets its line too, the same
-    verdict as in the table and JSON (check.image_verdicts)."""
+    verdict as in the table and JSON (judge.image_verdicts)."""
     blob = Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", D[0], 1_000_000, LAYER)
     lost = Target(DB, REGISTRY, Platform("linux", "amd64"))
     targets = (TargetResult(T_DB, D[9], (blob,)), TargetResult(T_APP, D[8], (blob,)))
@@ -301,12 +326,12 @@ def test_pipe_and_newline_are_removed_from_text():
 def test_summary_is_short():
     output, _, _ = run(scan_of(broken(D[5], DigestMismatch("x" * 1000), T_APP)))
     summary = output.splitlines()[0].split(" | ")[0][len("REGISTRY_DEEP CRITICAL - "):]
-    assert len(summary) <= check.MAX_SUMMARY
+    assert len(summary) <= wording.MAX_SUMMARY
 
 
 def test_fit_cuts_with_and_n_more():
     lines = ["REGISTRY_DEEP CRITICAL - first"] + [f"CRITICAL: line {i:03d} " + "x" * 90 for i in range(200)]
-    text = check.fit(lines)
+    text = wording.fit(lines)
     assert len(text.encode()) <= 8000
     out = text.splitlines()
     assert out[0] == lines[0]
@@ -318,15 +343,15 @@ def test_fit_cuts_with_and_n_more():
 
 def test_fit_counts_bytes_not_characters():
     lines = ["REGISTRY_DEEP CRITICAL - first"] + ["é" * 100 for _ in range(100)]
-    text = check.fit(lines)
+    text = wording.fit(lines)
     assert len(text.encode()) <= 8000
     assert re.fullmatch(r"… and \d+ more", text.splitlines()[-1])
 
 
 def test_fit_keeps_short_output_whole():
     lines = ["REGISTRY_DEEP OK - fine", "a", "b"]
-    assert check.fit(lines) == "REGISTRY_DEEP OK - fine\na\nb\n"
-    assert check.fit(lines, limit=30) == "REGISTRY_DEEP OK - fine\n… and 2 more\n"
+    assert wording.fit(lines) == "REGISTRY_DEEP OK - fine\na\nb\n"
+    assert wording.fit(lines, limit=30) == "REGISTRY_DEEP OK - fine\n… and 2 more\n"
 
 
 def test_many_broken_blobs_stay_under_8_kib():
@@ -349,6 +374,6 @@ def test_one_blob_breaking_many_images_is_cut_within_its_line():
     output, _, _ = run(scan_of(broken(D[5], SizeMismatch("truncated: got 5 of 100 bytes"), *targets),
                                images=images))
     line = output.splitlines()[1]
-    assert len(line) <= check.MAX_LINE + 40
+    assert len(line) <= wording.MAX_LINE + 40
     assert re.search(r" … and \d+ more$", line)
     assert "team/application-number-0:v1.2.3" in line

@@ -235,17 +235,31 @@ def test_main_internal_error_is_one_line(capsys, monkeypatch):
     assert out == "REGISTRY_DEEP UNKNOWN - internal error: RuntimeError: boom / bang\n"
 
 
-def test_main_internal_error_traceback_only_at_vvv_and_not_on_line_1(capsys, monkeypatch):
+def internal_error_lines(capsys, monkeypatch, message: str):
     def explode(options):
-        raise RuntimeError("boom")
+        raise RuntimeError(message)
 
     monkeypatch.setattr(app_module, "run_check", explode)
     code = cli.main(["-R", REGISTRY, "-i", "team/app", "-vvv"])
-    lines = capsys.readouterr().out.splitlines()
     assert code == 3
+    return capsys.readouterr().out.splitlines()
+
+
+def test_main_internal_error_traceback_only_at_vvv_and_not_on_line_1(capsys, monkeypatch):
+    lines = internal_error_lines(capsys, monkeypatch, "boom")
     assert lines[0] == "REGISTRY_DEEP UNKNOWN - internal error: RuntimeError: boom"
     assert lines[1] == "Traceback (most recent call last):"
     assert len(lines) > 2
+
+
+def test_pipe_and_newline_never_reach_the_output_of_an_internal_error(capsys, monkeypatch):
+    """states.plain, the one place that escapes: line 1 stays one line without perfdata, the traceback keeps its
+    lines but loses its pipes."""
+    lines = internal_error_lines(capsys, monkeypatch, "boom | a\nb")
+    assert lines[0] == "REGISTRY_DEEP UNKNOWN - internal error: RuntimeError: boom / a b"
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[-1] == "b" and lines[-2] == "RuntimeError: boom / a"
+    assert not any("|" in line for line in lines)
 
 
 def test_main_keyboard_interrupt(capsys, monkeypatch):

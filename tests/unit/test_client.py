@@ -34,7 +34,7 @@ from check_registry_deep.manifests import (
 )
 from check_registry_deep.reference import Digest
 from check_registry_deep.retry import RetryPolicy, retry_after
-from check_registry_deep.transport import TLSOptions
+from check_registry_deep.transport import TLSOptions, tls_failure
 from check_registry_deep.verify import verify_body
 
 BASE = "http://127.0.0.1:5000"
@@ -491,3 +491,18 @@ def test_bodies_read_to_their_end_leave_the_connection_for_the_next_request():
         server.shutdown()
         server.server_close()
     assert len(connections) == 1, connections
+
+
+@pytest.mark.parametrize("openssl_says, hinted", [
+    ("[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)", True),  # OpenSSL 3.0 (bookworm)
+    ("[SSL: RECORD_LAYER_FAILURE] record layer failure (_ssl.c:1029)", True),  # OpenSSL 3.2+ (trixie)
+    ("[SSL: PACKET_LENGTH_TOO_LONG] packet length too long (_ssl.c:1000)", True),
+    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate (_ssl.c:1006)", False),
+])
+def test_a_tls_failure_that_looks_like_plain_http_says_to_use_http(openssl_says, hinted):
+    exc = requests.exceptions.SSLError(f"HTTPSConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded "
+                                       f"with url: /v2/ (Caused by SSLError(SSLError(1, '{openssl_says}')))")
+    line = tls_failure(exc, "https://127.0.0.1:5000")
+    reason = openssl_says.split("] ", 1)[1].rstrip(")")
+    hint = "it answers plain HTTP (use http://127.0.0.1:5000): " if hinted else ""
+    assert line == f"TLS failure talking to https://127.0.0.1:5000: {hint}{reason}"

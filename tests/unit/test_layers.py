@@ -14,9 +14,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "check_registry_deep"
 
 #: Gathering: talks to registries, knows nothing of Nagios states or of how results are shown.
 GATHERING = {"transport", "retry", "auth", "client", "manifests", "resolve", "transfer", "verify", "blobs",
-             "replicas", "discovery", "coverage", "pool", "scan", "origin"}
+             "replicas", "discovery", "coverage", "pool", "scan", "stages", "origin"}
 #: Judging and presenting: knows findings and states, nothing of HTTP.
-JUDGING = {"check", "report", "metrics"}
+JUDGING = {"judge", "wording", "check", "report", "metrics"}
 
 
 def _runtime_imports(tree: ast.AST) -> List[ast.stmt]:
@@ -100,6 +100,23 @@ def test_gathering_knows_no_nagios_and_judging_knows_no_http():
         assert not edges[module] & (JUDGING | {"app", "cli", "external:nagiosplugin"}), module
     for module in JUDGING:
         assert not edges[module] & (GATHERING | {"external:requests", "external:urllib3"}), module
+
+
+def test_judging_is_apart_from_wording_and_nagiosplugin_only_in_its_adapters():
+    """As nagiosplugin splits itself (context / summary): judge.py decides states and words nothing, wording.py
+    words and decides nothing, check.py adapts both to nagiosplugin; the table and JSON need no nagiosplugin."""
+    edges = graph()
+    assert "wording" not in edges["judge"]
+    for module in ("judge", "wording", "report"):
+        assert not edges[module] & {"check", "external:nagiosplugin"}, module
+
+
+def test_the_values_know_no_module_that_uses_them():
+    """model.py holds the values every layer shares (Kind and Descriptor together), so it imports no layer, not
+    even for type checking."""
+    edges = graph()
+    assert {t for t in edges["model"] if not t.startswith("external:")} == {"errors", "reference"}
+    assert "TYPE_CHECKING" not in (PACKAGE / "model.py").read_text(encoding="utf-8")
 
 
 def test_the_entry_point_defers_everything_slow():

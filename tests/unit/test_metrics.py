@@ -30,13 +30,14 @@ def value(text: str, name: str, **labels: str) -> float:
 def test_a_critical_run_writes_every_metric_as_a_gauge_with_its_check_label():
     run = RunMetrics(2, 1.5, 1_800_000_000.25, (
         ImageSample(REGISTRY, "apps/web:1", "linux/arm64", True),
-        ImageSample(REGISTRY, "apps/web:1", "linux/amd64", False),
+        ImageSample(REGISTRY, "apps/web:1", "linux/amd64", False, "layer sha256:1c8668c40111… truncated: x"),
         ImageSample(REGISTRY, "base/debian@sha256:" + "a" * 64, "", True)), COUNTS)
     text = exposition(run, "sentinels", last_success=1_700_000_000.0).decode()
     families = {f.name: f.type for f in text_string_to_metric_families(text)}
     assert families == dict.fromkeys([
         "registry_deep_state", "registry_deep_run_duration_seconds", "registry_deep_last_run_timestamp_seconds",
-        "registry_deep_last_success_timestamp_seconds", "registry_deep_image_ok", "registry_deep_images",
+        "registry_deep_last_success_timestamp_seconds", "registry_deep_image_ok",
+        "registry_deep_image_problem_info", "registry_deep_images",
         "registry_deep_discovered_images", "registry_deep_broken_blobs", "registry_deep_verified_blobs",
         "registry_deep_verified_bytes", "registry_deep_retries"], "gauge")
     assert value(text, "registry_deep_state", check="sentinels") == 2
@@ -47,6 +48,10 @@ def test_a_critical_run_writes_every_metric_as_a_gauge_with_its_check_label():
     assert value(text, "registry_deep_image_ok", image="apps/web:1", platform="linux/arm64", **image) == 1
     assert value(text, "registry_deep_image_ok", image="apps/web:1", platform="linux/amd64", **image) == 0
     assert value(text, "registry_deep_image_ok", image="base/debian@sha256:" + "a" * 64, platform="", **image) == 1
+    problems = {labels: sample for (name, labels), sample in samples(text).items()
+                if name == "registry_deep_image_problem_info"}
+    assert problems == {(("check", "sentinels"), ("image", "apps/web:1"), ("platform", "linux/amd64"),
+                         ("problem", "layer sha256:1c8668c40111… truncated: x"), ("registry", REGISTRY)): 1}
     assert value(text, "registry_deep_verified_bytes", check="sentinels") == 123456
     assert value(text, "registry_deep_retries", check="sentinels") == 2
 

@@ -138,8 +138,8 @@ class FakeClient:
         pass
 
 
-#: Well-formed image manifests too: the hostile ones alone reach the blob stage about once in twenty runs,
-#: which hid a FakeClient without blob methods from most runs.
+#: Well-formed image manifests too: the hostile ones alone reach the blob stage about once in twenty runs, so
+#: most runs would never call FakeClient's blob methods.
 SHA256 = st.sampled_from(["sha256:" + c * 64 for c in "0abf"])
 IMAGE_MANIFESTS = st.fixed_dictionaries({
     "schemaVersion": st.just(2), "mediaType": st.sampled_from([OCI_MANIFEST, DOCKER_MANIFEST]),
@@ -173,4 +173,4 @@ def test_walker_over_hostile_indexes_never_hits_an_internal_error(docs, data):
 def _scan(scanner: Scanner, ref: ImageRef):
     """Run a whole scan (every blob is unknown to FakeClient) and return what it found but the registry check."""
     result = scanner.scan([(ref, "http://hostile.invalid")])
-    return [c for c in result.findings if c.kind != "registry"]
+    return [*result.findings, *(p for p in result.run_problems if p.kind != "registry")]

@@ -16,7 +16,7 @@ from check_registry_deep.coverage import Coverage
 from check_registry_deep.deadline import Deadline
 from check_registry_deep.discovery import repositories, tags
 from check_registry_deep.errors import ManifestInvalid, UsageError
-from check_registry_deep.model import Kind
+from check_registry_deep.model import Trouble
 from check_registry_deep.options import DiscoveryOptions
 from check_registry_deep.reference import Digest
 from check_registry_deep.retry import RetryPolicy
@@ -113,7 +113,7 @@ def test_the_first_failing_tag_listing_in_catalog_order_stops_the_lane(mock):
     one = client()
     result = Scanner(lambda registry: one, Deadline(10), workers=4,
                      discovery=(BASE, DiscoveryOptions(("apps",)))).scan([])
-    failed = [f for f in result.findings if f.kind == Kind.REGISTRY]
+    failed = [p for p in result.run_problems if p.kind == Trouble.REGISTRY]
     assert len(failed) == 1 and "403" in str(failed[0].error), failed
     assert not result.images and not any("/manifests/" in call.request.url for call in mock.calls)
 

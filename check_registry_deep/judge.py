@@ -1,0 +1,104 @@
+"""Judging: findings and run problems become states. No HTTP, no wording.
+
+`judge` is the only place that maps a finding (or a run problem, the deadline included) to a state; the run's
+judgement, the per-image verdicts, the long output, the table and the JSON all derive from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple, Union
+
+from .errors import IntegrityError, ManifestInvalid, NotFound
+from .model import Finding, OriginCheck, RunProblem, ScanResult, Target, TargetResult, Trouble
+from .states import OK, SEVERITY, UNKNOWN, WARNING, worst
+
+#: What the run judges: a finding on content, or a problem of the run.
+Judged = Union[Finding, RunProblem]
+
+
+def judge(item: Judged, timeout_state: str = UNKNOWN) -> str:
+    """The state `item` leads to: its error's (the -t state for the deadline), WARNING for caveats, else OK."""
+    if item.error is not None:
+        return timeout_state if item.error.state is None else item.error.state
+    return WARNING if isinstance(item, Finding) and item.caveats else OK
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The run judged, with the -t state: what the summary and the long output speak of."""
+
+    scan: ScanResult
+    timeout_state: str = UNKNOWN
+
+    def state(self, item: Judged) -> str:
+        return judge(item, self.timeout_state)
+
+    @property
+    def deadline(self) -> Optional[RunProblem]:
+        return None if self.scan.interrupted is None else RunProblem(Trouble.DEADLINE, self.scan.interrupted)
+
+    @property
+    def listed(self) -> Tuple[Judged, ...]:
+        """Everything worth a line of its own, in the order the run met it: the run's problems, the findings that
+        are problems, the deadline last."""
+        deadline = self.deadline
+        return self.scan.run_problems + self.scan.problems + ((deadline,) if deadline else ())
+
+    @property
+    def failures(self) -> Tuple[Judged, ...]:
+        """What the run found broken (the deadline aside): every error not judged OK."""
+        items: Tuple[Judged, ...] = self.scan.run_problems + self.scan.problems
+        return tuple(item for item in items if item.error is not None and self.state(item) != OK)
+
+    @property
+    def warnings(self) -> Tuple[Finding, ...]:
+        """Findings that deserve a look and are not broken."""
+        return tuple(f for f in self.scan.problems if f.error is None and self.state(f) != OK)
+
+    def worst_first(self) -> List[Judged]:
+        """The listed items, worst first, otherwise in the order the run met them."""
+        return sorted(self.listed, key=lambda item: -SEVERITY[self.state(item)])
+
+
+@dataclass(frozen=True)
+class ImageVerdict:
+    """One image (and platform): the worst state of the findings that affect it."""
+
+    target: Target
+    resolved: Optional[TargetResult]  # None: its manifest could not be resolved
+    state: str
+    bytes: int
+    seconds: float  # into the run, when its last finding came in
+
+
+def image_verdicts(scan: ScanResult) -> List[ImageVerdict]:
+    """Every resolved image and platform, then every one that did not resolve (a tag gone, an index child
+    missing, the registry down): the one per-image verdict that -v lines, the table and JSON show."""
+    states: Dict[Target, str] = {}
+    finished: Dict[Target, float] = {}
+    items: Tuple[Judged, ...] = scan.run_problems + scan.findings
+    for item in items:
+        for target in item.affected:
+            states[target] = worst((states.get(target, OK), judge(item)))
+            finished[target] = max(finished.get(target, 0.0), item.finished)
+    verdicts = [ImageVerdict(r.target, r, states.get(r.target, OK), sum(d.size or 0 for d in r.blobs),
+                             finished.get(r.target, 0.0)) for r in scan.targets]
+    resolved = {r.target for r in scan.targets}
+    verdicts += [ImageVerdict(target, None, state, 0, finished[target])
+                 for target, state in states.items() if target not in resolved]
+    return verdicts
+
+
+#: What the origin's own failure says about the storage: it served the content wrong, or does not have it.
+BROKEN_AT_ORIGIN = (IntegrityError, NotFound, ManifestInvalid)
+
+
+def broken_at_origin(origin: OriginCheck) -> bool:
+    return isinstance(origin.error, BROKEN_AT_ORIGIN)
+
+
+def cache_only(finding: Finding) -> Optional[str]:
+    """The origin's address when it does not have this failure (only the cache in front serves it), else None."""
+    origin = finding.origin
+    return origin.address if origin is not None and not origin.skipped and origin.error is None else None

@@ -1,0 +1,200 @@
+"""Wording: the judged run in words. Line 1's summary, the long output's lines, the `-v` image lines, the
+origin's verdict, and the limits Nagios puts on all of them.
+
+States come from judge.py; nothing here decides one. nagiosplugin's adapters (check.py), the table and the JSON
+(report.py) take their text from here.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .judge import ImageVerdict, Judged, Judgement, broken_at_origin, cache_only, image_verdicts, judge
+from .model import Finding, Mode, OriginCheck, ScanResult, Target
+from .states import CRITICAL, OK, UNKNOWN, WARNING
+
+MAX_OUTPUT = 8000  # Nagios cuts plugin output at 8 KiB
+MAX_SUMMARY = 200
+MAX_LINE = 2000
+#: How a `-v` line words an image's state.
+IMAGE_WORDS = {OK: "OK", WARNING: "WARNING", CRITICAL: "BROKEN", UNKNOWN: "UNKNOWN"}
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
+        count /= 1000
+    return f"{count:.1f} TB"  # pragma: no cover
+
+
+def cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"
+
+
+def describe(item: Judged) -> str:
+    """One finding or run problem, as the long output shows it: what, what is wrong (expected vs. got), what it
+    breaks."""
+    if not isinstance(item, Finding):
+        return str(item.error)
+    reason = str(item.error) if item.error is not None else "; ".join(item.caveats + item.notes)
+    text = f"{item.kind} {item.label}: {reason}"
+    images = sorted({str(t) for t in item.affected})
+    if images:
+        shown: List[str] = []
+        for image in images:
+            if len(text) + sum(len(s) + 2 for s in shown) + len(image) > MAX_LINE:
+                break
+            shown.append(image)
+        more = len(images) - len(shown)
+        verb = "breaks" if item.error is not None else "affects" if item.caveats else "in"
+        text += f" - {verb} " + ", ".join(shown) + (f" … and {more} more" if more else "")
+    if item.origin is not None and item.error is not None:
+        text += f"; {origin_verdict(item.origin)}"
+    return text
+
+
+def origin_verdict(origin: OriginCheck) -> str:
+    """With --origin, the end of a failure's line: is the storage broken, or only the cache in front of it?
+    Either way the finding stays CRITICAL (pulls through the cache fail)."""
+    where = f"origin {origin.address}"
+    if origin.skipped:
+        return f"{where}: not verified ({origin.skipped})"
+    if origin.error is None:
+        return f"{where}: intact (the cache in front serves bad bytes)"
+    if broken_at_origin(origin):
+        return f"{where}: also broken"
+    return f"{where}: not verified ({origin.error})"
+
+
+def short(item: Judged) -> str:
+    """A finding or problem in a few words, for line 1: a digest is cut to its first 12 hex digits."""
+    if not isinstance(item, Finding):
+        return cut(str(item.error), 120)
+    reason = str(item.error) if item.error is not None else "; ".join(item.caveats)
+    label = f"{item.digest.short()}…" if item.digest is not None and not item.replica else item.label
+    return f"{item.kind} {label} {cut(reason, 64)}"
+
+
+def image_problems(scan: ScanResult) -> Dict[Target, str]:
+    """What breaks each broken image and platform, worded as line 1 words a finding: the first CRITICAL finding
+    or problem that affects it (by kind and label, so that a run's worker order does not change it) and how many
+    more."""
+    broken: Dict[Target, List[Judged]] = {}
+    items: Tuple[Judged, ...] = scan.run_problems + scan.findings
+    for item in sorted(items, key=lambda i: (str(i.kind), i.label)):
+        if judge(item) == CRITICAL:
+            for target in item.affected:
+                broken.setdefault(target, []).append(item)
+    return {target: short(found[0]) + (f" and {len(found) - 1} more" if len(found) > 1 else "")
+            for target, found in broken.items()}
+
+
+def totals(scan: ScanResult) -> str:
+    """What a run that found nothing wrong says: the counts, the time, the run's notes."""
+    verified = scan.verified_blobs
+    text = (f"{_plural(len(scan.images), 'image')}, {_plural(len(verified), 'blob')}, "
+            f"{human_bytes(sum(c.bytes_read for c in verified))} verified in {scan.elapsed:.1f}s")
+    present = len(scan.present_blobs)
+    if present:
+        text += f", {present} more present (deep check rotated)"
+    foreign = sum(1 for f in scan.findings if f.mode == Mode.SKIPPED)
+    if foreign:
+        text += f", {_plural(foreign, 'foreign layer')} skipped"
+    return "; ".join((text,) + scan.notes)
+
+
+def ok_summary(judgement: Judgement) -> str:
+    scan = judgement.scan
+    if scan.interrupted is not None:  # -t N:ok: still say the run was cut short, and where
+        return cut(str(scan.interrupted), MAX_SUMMARY)
+    return totals(scan)
+
+
+def problem_summary(judgement: Judgement, worst: str, slow: Optional[str]) -> str:
+    """Line 1's summary when the run's `worst` state is not OK: what is broken and what it breaks, the deadline
+    (first when it is the worst), the warnings, a run slower than -w/-c allow (`slow`: the range it violates)."""
+    scan = judgement.scan
+    parts = []
+    broken = judgement.failures
+    if broken:
+        images = _images([t for item in broken for t in item.affected])
+        head = _broken_head(broken)
+        if images:
+            head += f", breaking {len(images)} of {_plural(len(scan.images), 'image')}"
+        origins = [cache_only(item) if isinstance(item, Finding) else None for item in broken]
+        if all(origins):
+            head += f", all cache-only (origin {origins[0]} intact)"
+        parts.append(f"{head}: {short(broken[0])}")
+    deadline = judgement.deadline
+    if deadline is not None and scan.interrupted is not None:
+        full = str(scan.interrupted)
+        fits = len("; ".join(parts + [full])) <= MAX_SUMMARY
+        parts.insert(0 if judgement.state(deadline) == worst else len(parts),
+                     full if fits else scan.interrupted.brief)
+    warned = judgement.warnings
+    if warned:
+        parts.append(f"{_plural(len(warned), 'warning')}: {short(warned[0])}")
+    if slow is not None:
+        parts.append(f"run took {scan.elapsed:.1f}s ({slow})")
+    if not broken and deadline is None:
+        parts.append(totals(scan))
+    return cut("; ".join(parts), MAX_SUMMARY)
+
+
+def long_output(judgement: Judgement, verbose: int = 0) -> List[str]:
+    """A line per failure, warning and the deadline (worst first), the notes, and with -v a line per image."""
+    scan = judgement.scan
+    lines = [f"{judgement.state(item).upper()}: {describe(item)}" for item in judgement.worst_first()]
+    lines += [f"note: {note}" for note in scan.notes]
+    lines += [f"note: {describe(f)}" for f in scan.findings if f.notes]
+    if verbose >= 1:
+        lines += image_lines(scan)
+    return lines
+
+
+def image_lines(scan: ScanResult) -> List[str]:
+    """A line per image and platform, in the order of their names (not the order their manifests came in)."""
+    return [_image_line(v) for v in sorted(image_verdicts(scan),
+                                           key=lambda v: (str(v.target.image), str(v.target.platform or "")))]
+
+
+def _image_line(verdict: ImageVerdict) -> str:
+    word, result = IMAGE_WORDS[verdict.state], verdict.resolved
+    if result is None:
+        return f"image {verdict.target}: not resolved: {word}"
+    return (f"image {result.target}: manifest {result.manifest_digest.short()}…, {len(result.blobs)} blobs, "
+            f"{human_bytes(verdict.bytes)}{' (artifact)' if result.artifact else ''}: {word}")
+
+
+def _images(targets: Sequence[Target]) -> List[str]:
+    return list(dict.fromkeys(str(t.image) for t in targets))
+
+
+def _broken_head(broken: Sequence[Judged]) -> str:
+    """`2 broken blobs`, `1 broken manifest`, `1 broken blob and 1 broken manifest`; `N problem` when the
+    registry itself or our own code failed."""
+    if not all(isinstance(item, Finding) for item in broken):
+        return f"{len(broken)} problem"
+    blobs = sum(1 for f in broken if isinstance(f, Finding) and f.kind.blob)
+    counts = ((blobs, "blob"), (len(broken) - blobs, "manifest"))
+    return " and ".join(_plural(n, f"broken {noun}") for n, noun in counts if n)
+
+
+def fit(lines: List[str], limit: int = MAX_OUTPUT) -> str:
+    """Join lines, cutting the long output with `… and N more` so the whole stays under `limit` bytes."""
+    out = [lines[0]]
+    size = len(lines[0].encode()) + 1
+    for i, line in enumerate(lines[1:], start=1):
+        more = len(lines) - i
+        tail = f"… and {more} more"
+        if size + len(line.encode()) + 1 + len(tail.encode()) + 1 > limit and more > 0:
+            out.append(tail)
+            break
+        out.append(line)
+        size += len(line.encode()) + 1
+    return "\n".join(out) + "\n"
