@@ -76,3 +76,17 @@ def test_the_chroot_leaves_no_mount_and_no_root_behind_when_its_user_fails(tmp_p
         raise RuntimeError("the user failed")
     assert not root.root.exists()
     assert str(tmp_path) not in Path("/proc/self/mounts").read_text()
+
+
+def test_a_command_without_network_sees_only_loopback_and_can_use_it(tmp_path: Path) -> None:
+    """What the package build runs in (tools/test-debian-package): no route out, loopback up for the tests."""
+    with signing_chroot(tmp_path / "chroot") as root:
+        def interfaces(network: bool) -> list:
+            rows = root.run(["cat", "/proc/net/dev"], network=network).stdout.splitlines()[2:]
+            return sorted(row.split(":")[0].strip() for row in rows)
+
+        assert interfaces(network=False) == ["lo"]
+        assert len(interfaces(network=True)) > 1
+        # ::1 is listed once loopback is up (a new network namespace starts with it down)
+        addresses = root.run(["cat", "/proc/net/if_inet6"], network=False).stdout.split()
+        assert addresses[0] == "0" * 31 + "1" and addresses[-1] == "lo"
