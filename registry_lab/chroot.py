@@ -96,7 +96,8 @@ def root_tarball(release: str, packages: Sequence[str] = (), *, cache: Path = CA
         os.replace(partial, path)
         for stale in Path(cache).glob("*.tar"):  # roots of package lists no longer asked for
             if time.time() - stale.stat().st_mtime > max_age_days * 86400:
-                stale.unlink()
+                for suffix in (".tar", ".log", ".lock"):
+                    stale.with_suffix(suffix).unlink(missing_ok=True)
         if log:
             print(f"   built in {time.monotonic() - started:.0f}s", file=log, flush=True)
         return path
