@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import nagiosplugin
 import urllib3
 
+from .atomic import with_problem, write_file
 from .auth import load_credentials
 from .check import build_check, render
 from .client import RegistryClient
@@ -27,9 +28,12 @@ from .reference import ImageRef
 from .report import table, to_json
 from .scan import Scanner
 from .stages import Stage
-from .states import CRITICAL, UNKNOWN
+from .states import CRITICAL, EXIT_CODES, UNKNOWN
 from .transport import TLSOptions
 from .wording import image_problems
+
+#: --json FILE is for people and scripts, as a file written with the usual umask would be.
+JSON_MODE = 0o644
 
 
 def run_check(options: CheckOptions) -> Tuple[str, int]:
@@ -54,22 +58,27 @@ def run_check(options: CheckOptions) -> Tuple[str, int]:
                           progress=progress)
         check = build_check(lambda: remember(scanner.scan(options.images), coverage, access),
                             warning=options.warning, critical=options.critical, timeout_state=options.timeout_state,
-                            verbose=options.verbose)
+                            verbose=options.verbose, max_age=options.max_age,
+                            allow_empty=options.allow_empty)
         check()
-    output = render(check)
     scan: ScanResult = check.resources[0].result
+    text = scale.json != "-"
+    # each file the plugin writes: a failure is one more line, and never hides what the check found
+    output, exitcode = with_problem(render(check), check.exitcode, coverage.save(), text)
     if scale.json:
-        document = to_json(scan, check.state_word, check.summary_str)
-        if scale.json == "-":
-            output = document
+        state = next(word for word, code in EXIT_CODES.items() if code == exitcode)
+        document = to_json(scan, state, check.summary_str)
+        if text:
+            output, exitcode = with_problem(output, exitcode, write_file("--json", scale.json, document.encode(),
+                                                                         mode=JSON_MODE))
         else:
-            write_file(scale.json, document)
+            output = document
     if scale.table:
         output += "\n" + table(scan)
     if scale.metrics_file:  # last: the file records the run's final state
-        return publish(scale.metrics_file, output, check.exitcode, deadline.started, *metrics_of(scan, options.images),
-                       text=scale.json != "-")
-    return output, check.exitcode
+        return publish(scale.metrics_file, output, exitcode, deadline.started, *metrics_of(scan, options.images),
+                       text=text)
+    return output, exitcode
 
 
 def metrics_of(scan: ScanResult, given: Sequence[Tuple[ImageRef, str]]) -> Tuple[Tuple[ImageSample, ...], Counts]:
@@ -121,24 +130,15 @@ def origin_checker(options: CheckOptions, deadline: Deadline) -> Optional[Origin
 
 
 def remember(scan: ScanResult, coverage: Coverage, access: AccessOptions) -> ScanResult:
-    """Record what was verified in the state file; add the run-wide notes and the stalest verification's age."""
+    """Record what was verified (run_check saves it to the state file); add the run-wide notes and how long ago
+    each blob was last verified."""
     seen = [(t.target.registry, d.digest) for t in scan.targets for d in t.blobs if not d.foreign]
     # keyed by (registry, digest): a blob verified in one registry says nothing of another's copy
     verified_keys = {(t.registry, f.digest) for f in scan.verified_blobs for t in f.affected}
     verified = [key for key in seen if key in verified_keys]
     coverage.record(seen, verified)
-    coverage.save()
     notes = ("TLS certificates NOT verified (--insecure)",) if access.insecure else ()
-    oldest = coverage.oldest_age(seen) if coverage.state_file else None
-    return dataclasses.replace(scan, notes=notes, oldest_verification=oldest)
-
-
-def write_file(path: str, text: str) -> None:
-    try:
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(text)
-    except OSError as exc:
-        raise UsageError(f"cannot write --json {path}: {exc.strerror}") from None
+    return dataclasses.replace(scan, notes=notes, freshness=coverage.freshness(seen) if coverage.state_file else None)
 
 
 class progress_bar:  # noqa: N801 (used as a context manager, like open())

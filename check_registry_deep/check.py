@@ -12,10 +12,10 @@ from typing import Callable, Iterator, List, Optional
 
 import nagiosplugin
 
-from .judge import Judgement, judge
+from .judge import Judgement, judge, judge_empty
 from .model import ScanResult
 from .states import CRITICAL, EXIT_CODES, NAME, OK, UNKNOWN, WARNING, plain, status_line, worst
-from .wording import fit, long_output, ok_summary, problem_summary
+from .wording import empty_text, fit, long_output, ok_summary, problem_summary
 
 NAGIOS_STATES = {OK: nagiosplugin.Ok, WARNING: nagiosplugin.Warn, CRITICAL: nagiosplugin.Critical,
                  UNKNOWN: nagiosplugin.Unknown}
@@ -40,10 +40,14 @@ class RegistryScan(nagiosplugin.Resource):
         yield nagiosplugin.Metric("failed", failed, min=0, context="count")
         yield nagiosplugin.Metric("retries", result.retries, min=0, context="count")
         yield nagiosplugin.Metric("time", round(result.elapsed, 3), "s", min=0, context="time")
+        if result.freshness is not None:
+            yield nagiosplugin.Metric("unverified", result.freshness.never_verified, min=0, context="count")
         if result.oldest_verification is not None:
-            yield nagiosplugin.Metric("oldest", round(result.oldest_verification), "s", min=0, context="count")
+            yield nagiosplugin.Metric("oldest", round(result.oldest_verification), "s", min=0, context="oldest")
         for i, item in enumerate(Judgement(result).listed):
             yield nagiosplugin.Metric(f"finding{i}", item, context="finding")
+        for i, empty in enumerate(result.empty):
+            yield nagiosplugin.Metric(f"empty{i}", empty, context="empty")
 
 
 class FindingContext(nagiosplugin.Context):
@@ -58,18 +62,34 @@ class FindingContext(nagiosplugin.Context):
         return self.result_cls(NAGIOS_STATES[judge(metric.value, self.timeout_state)], metric.value.label, metric)
 
 
-class ScanSummary(nagiosplugin.Summary):
-    """Line 1 and the long output, worded from the judged scan; only the wall time's state comes from the
-    results (nagiosplugin's ScalarContext judges -w/-c)."""
+class EmptyContext(nagiosplugin.Context):
+    """Each selection that matched nothing, judged by `judge_empty`."""
 
-    def __init__(self, scan: RegistryScan, time: nagiosplugin.ScalarContext, timeout_state: str, verbose: int = 0):
+    def __init__(self, allow_empty: bool):
+        super().__init__("empty")
+        self.allow_empty = allow_empty
+
+    def evaluate(self, metric: nagiosplugin.Metric, resource: nagiosplugin.Resource) -> nagiosplugin.Result:
+        return self.result_cls(NAGIOS_STATES[judge_empty(self.allow_empty)], empty_text(metric.value), metric)
+
+
+class ScanSummary(nagiosplugin.Summary):
+    """Line 1 and the long output, worded from the judged scan; only the wall time's and the oldest
+    verification's states come from the results (nagiosplugin's ScalarContexts judge -w/-c and --max-age)."""
+
+    def __init__(self, scan: RegistryScan, time: nagiosplugin.ScalarContext, timeout_state: str, verbose: int = 0,
+                 oldest: Optional[nagiosplugin.ScalarContext] = None, max_age: Optional[float] = None,
+                 allow_empty: bool = False):
         self.scan = scan
+        self.allow_empty = allow_empty
         self.time = time
         self.timeout_state = timeout_state
         self.verbose_level = verbose
+        self.oldest = oldest
+        self.max_age = max_age
 
     def _judgement(self) -> Judgement:
-        return Judgement(self.scan.result, self.timeout_state)
+        return Judgement(self.scan.result, self.timeout_state, self.allow_empty)
 
     @staticmethod
     def worst(results: nagiosplugin.Results) -> str:
@@ -80,11 +100,16 @@ class ScanSummary(nagiosplugin.Summary):
         slow = [r for r in results if r.context is self.time and r.state != nagiosplugin.Ok]
         return str(slow[0].hint) if slow else None
 
+    def _overdue(self, results: nagiosplugin.Results) -> Optional[float]:
+        """--max-age, when the oldest verification is older."""
+        late = [r for r in results if r.context is self.oldest and r.state != nagiosplugin.Ok]
+        return self.max_age if late else None
+
     def ok(self, results: nagiosplugin.Results) -> str:
         return ok_summary(self._judgement())
 
     def problem(self, results: nagiosplugin.Results) -> str:
-        return problem_summary(self._judgement(), self.worst(results), self._slow(results))
+        return problem_summary(self._judgement(), self.worst(results), self._slow(results), self._overdue(results))
 
     def verbose(self, results: nagiosplugin.Results) -> List[str]:
         return long_output(self._judgement(), self.verbose_level)
@@ -107,11 +132,16 @@ class RegistryCheck(nagiosplugin.Check):
 
 
 def build_check(scan: Callable[[], ScanResult], *, warning: str = "", critical: str = "",
-                timeout_state: str = UNKNOWN, verbose: int = 0) -> RegistryCheck:
+                timeout_state: str = UNKNOWN, verbose: int = 0, max_age: Optional[float] = None,
+                allow_empty: bool = False) -> RegistryCheck:
+    """`max_age` (seconds, --max-age): WARNING when a blob's last deep verification is older (perfdata `oldest`);
+    `allow_empty` (--allow-empty): a selection that matches nothing is OK, not UNKNOWN."""
     resource = RegistryScan(scan)
     time = nagiosplugin.ScalarContext("time", warning or None, critical or None)
-    return RegistryCheck(resource, nagiosplugin.ScalarContext("count"), time, FindingContext(timeout_state),
-                         ScanSummary(resource, time, timeout_state, verbose))
+    oldest = nagiosplugin.ScalarContext("oldest", f"{max_age:g}" if max_age is not None else None)
+    return RegistryCheck(resource, nagiosplugin.ScalarContext("count"), time, oldest, FindingContext(timeout_state),
+                         EmptyContext(allow_empty),
+                         ScanSummary(resource, time, timeout_state, verbose, oldest, max_age, allow_empty))
 
 
 def render(check: RegistryCheck) -> str:

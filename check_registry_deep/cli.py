@@ -75,13 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
              "needs --all-tags or --tag-pattern")
     add("--all-tags", action="store_true", help="with --repository: every tag of each repository")
     add("--tag-pattern", metavar="REGEX", help="with --repository: the tags that fully match REGEX")
+    add("--allow-empty", action="store_true", help="a selection that matches nothing is fine (OK, said in a note): "
+        "a --repository prefix without repositories, repositories without a tag --all-tags or --tag-pattern "
+        "selects, an index without a child for --platform; without it each is UNKNOWN")
     add("--compare-registry", metavar="URL", action="append", default=[],
         help="a replica of --registry (another datacenter, a mirror), repeatable: it must serve the same manifest "
              "for each image (else WARNING) and have every blob (else CRITICAL)")
     add("--max-bytes", metavar="N[K|M|G]", help="download at most about N bytes of blobs per run (powers of 1024); "
         "the others are only confirmed present, and verified in later runs with --state-file")
     add("--state-file", metavar="FILE", help="remembers when each blob was last verified, so successive runs "
-        "verify the least recently verified first; perfdata 'oldest' is the stalest verification's age")
+        "verify the least recently verified first; perfdata 'oldest' is the stalest verification's age (a blob "
+        "never verified counts from the state file's creation), 'unverified' how many were never verified")
+    add("--max-age", metavar="DURATION", help="with --state-file: WARNING when a blob has not been deep-verified "
+        "for longer than DURATION (e.g. 1d, 12h, 90m, 3600s); a blob never verified counts from the state file's "
+        "creation")
     add("--json", metavar="FILE", help="write the full result as JSON to FILE (- for stdout, instead of the "
         "plugin's text)")
     add("--metrics-file", metavar="FILE", help="after every run, write Prometheus metrics to FILE (NAME.prom in "
@@ -204,6 +211,19 @@ def parse_bytes(text: Optional[str]) -> Optional[int]:
     return int(number) * units[unit]
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(option: str, text: Optional[str]) -> Optional[float]:
+    """`1d`, `12h`, `90m`, `3600s` or `3600` as seconds."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text.lower())
+    if not match or float(match.group(1)) <= 0:
+        raise UsageError(f"invalid {option} {text!r}: expected a positive duration, e.g. 1d, 12h, 90m or 3600s")
+    return float(match.group(1)) * DURATION_UNITS[match.group(2) or "s"]
+
+
 def _configure_logging(verbose: int) -> None:
     if verbose >= 2:
         logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(threadName)s %(message)s",
@@ -269,6 +289,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         discovery = discovery_options(options)
         images = plan_images(options.registry, texts, allow_none=discovery is not None)
         platforms = [Platform.parse(p) for p in options.platform]
+        max_age = parse_duration("--max-age", options.max_age)
+        if max_age is not None and not options.state_file:
+            raise UsageError("--max-age needs --state-file (it remembers when each blob was verified)")
         watchdog = _Watchdog(seconds - (time.monotonic() - started), seconds, timeout_state,
                              lambda output, code: publish(metrics_file, output, code, started))
         watchdog.timer.start()
@@ -281,7 +304,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         output, exitcode = run_check(CheckOptions(
             tuple(images), seconds=seconds, timeout_state=timeout_state, workers=options.workers,
             platforms=tuple(platforms), warning=options.warning, critical=options.critical, verbose=verbose,
-            access=access, scale=scale, started=started))
+            max_age=max_age, allow_empty=options.allow_empty, access=access, scale=scale, started=started))
     except UsageError as exc:
         output, exitcode = publish(metrics_file, status_line(UNKNOWN, str(exc)) + "\n",
                                    EXIT_CODES[UNKNOWN], started)

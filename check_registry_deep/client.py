@@ -30,7 +30,7 @@ from .errors import (
 from .manifests import ACCEPT, MAX_MANIFEST_BYTES
 from .reference import Digest, validate_repository
 from .retry import Retrier, RetryPolicy
-from .transport import READ_TIMEOUT, TLSOptions, Transport, raise_for_status, reason
+from .transport import READ_TIMEOUT, Peer, TLSOptions, Transport, plain_reason, raise_for_status, redirected
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,10 @@ class FetchedManifest:
 class BlobResponse:
     """An open blob body, read raw (never decoded) and never beyond `limit` bytes (a verify.BlobStream)."""
 
-    def __init__(self, response: requests.Response, limit: Optional[int]):
+    def __init__(self, response: requests.Response, limit: Optional[int], peer: Peer):
         self._response = response
         self.limit = limit
+        self.peer = peer  # who is sending it, for a connection lost on the way
         self.received = 0
         self.status = response.status_code
         self.content_range = response.headers.get("Content-Range")  # on a 206 answering a Range
@@ -71,7 +72,7 @@ class BlobResponse:
                                 ) from None
             if isinstance(exc, (urllib3.exceptions.ReadTimeoutError, TimeoutError)):  # nothing came for a while
                 raise Stalled(f"stalled after {self.received} bytes", self.received) from None
-            raise TransportError(f"connection broken after {self.received} bytes: {reason(exc)}") from None
+            raise TransportError(self.peer.failed(plain_reason(exc), after=self.received)) from None
         if not chunk:
             self._release()
         self.received += len(chunk)
@@ -96,9 +97,9 @@ class BlobResponse:
         return self._response.raw.read(size, decode_content=False)
 
 
-def _read_capped(response: requests.Response, what: str) -> bytes:
+def _read_capped(response: requests.Response, what: str, peer: Peer) -> bytes:
     """A manifest or listing body, read raw; past the 4 MiB cap it is refused, not read on."""
-    body = BlobResponse(response, MAX_MANIFEST_BYTES + 1)
+    body = BlobResponse(response, MAX_MANIFEST_BYTES + 1, peer)
     data = b"".join(iter(lambda: body.read(1 << 20), b""))
     if len(data) > MAX_MANIFEST_BYTES:
         raise SizeMismatch(f"{what} exceeds the {MAX_MANIFEST_BYTES // 1048576} MiB cap")
@@ -124,6 +125,15 @@ class RegistryClient:
     def _url(self, repository: str, kind: str, reference: str) -> str:
         return f"{self.base_url}/v2/{validate_repository(repository)}/{kind}/{reference}"
 
+    @property
+    def _via(self) -> str:
+        """` via HOST:PORT` when --connect-to sends this registry's requests to one backend."""
+        return f" via {self.transport.connect_to}" if self.transport.connect_to else ""
+
+    def _peer(self, response: requests.Response) -> Peer:
+        """Who sent `response`: the registry (via the --connect-to backend), or the storage it redirected to."""
+        return self.transport.peer(response.url or self.base_url, redirected(response))
+
     def _send(self, method: str, url: str, headers: dict, stream: bool = False) -> requests.Response:
         return self.transport.send(method, url, self.auth, headers=headers, stream=stream)
 
@@ -134,7 +144,7 @@ class RegistryClient:
         def get() -> None:
             response = self._send("GET", url, {})
             if response.status_code != 401:
-                raise_for_status(response, f"GET {url}", HTTPStatusError)
+                raise_for_status(response, f"GET {url}{self._via}", HTTPStatusError)
             response.close()
 
         self.retrier.run(get, url)
@@ -146,7 +156,7 @@ class RegistryClient:
             response = self._send("GET", url, {"Accept": ACCEPT, "Accept-Encoding": "identity"}, stream=True)
             with response:
                 raise_for_status(response, "", ManifestUnknown)
-                data = _read_capped(response, "manifest")
+                data = _read_capped(response, "manifest", self._peer(response))
             return FetchedManifest(data, response.headers.get("Content-Type", ""),
                                    response.headers.get("Docker-Content-Digest"))
 
@@ -161,7 +171,7 @@ class RegistryClient:
             response = self._send("GET", f"{self.base_url}{path}", {"Accept": "application/json"}, stream=True)
             with response:
                 raise_for_status(response, f"GET {where}", ManifestUnknown)
-                data = _read_capped(response, f"listing {where}")
+                data = _read_capped(response, f"listing {where}", self._peer(response))
                 link = response.links.get("next", {}).get("url")
             try:
                 page = json.loads(data)
@@ -198,7 +208,7 @@ class RegistryClient:
         try:
             if not (offset and response.status_code == 416):
                 raise_for_status(response, "", BlobUnknown)
-            yield BlobResponse(response, limit)
+            yield BlobResponse(response, limit, self._peer(response))
         finally:
             response.close()
 

@@ -2,7 +2,7 @@
 
 Every run still resolves every manifest and confirms every blob's presence; only the GET-and-hash is rotated,
 least recently verified first. The state file is shared by overlapping runs: updates merge under a lock and
-land atomically.
+land atomically. It remembers when it was created: a blob never verified has waited since then (`freshness`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import logging
 import time
 from typing import Dict, Iterable, Optional, Set, Tuple
 
-from .atomic import replace_file
+from .atomic import cannot_write, write_file
 from .errors import UsageError
+from .model import Freshness
 from .reference import Digest
 
 log = logging.getLogger(__name__)
@@ -32,22 +33,27 @@ class Coverage:
         self.state_file = state_file
         self.max_bytes = max_bytes
         self.clock = clock
-        self.entries: Dict[str, Dict[str, Optional[float]]] = self._read() if state_file else {}
+        #: when the state file was created (None: this run creates it)
+        self.created, self.entries = self._read() if state_file else (None, {})
 
-    def _read(self) -> Dict[str, Dict[str, Optional[float]]]:
+    def _read(self) -> Tuple[Optional[float], Dict[str, Dict[str, Optional[float]]]]:
         assert self.state_file is not None
         try:
             with open(self.state_file, encoding="utf-8") as handle:
                 state = json.load(handle)
         except FileNotFoundError:
-            return {}
+            return None, {}
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read --state-file {self.state_file}: "
                              f"{getattr(exc, 'strerror', None) or 'not a state file'}") from None
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION or \
                 not isinstance(state.get("blobs"), dict):
             raise UsageError(f"--state-file {self.state_file} is not a check_registry_deep state file")
-        return {k: v for k, v in state["blobs"].items() if isinstance(v, dict)}
+        entries = {k: v for k, v in state["blobs"].items() if isinstance(v, dict)}
+        created = state.get("created")
+        if not isinstance(created, (int, float)):  # written before "created" was: its oldest sighting
+            created = min((v.get("first_seen") or self.clock() for v in entries.values()), default=self.clock())
+        return float(created), entries
 
     def _staleness(self, key: Key) -> Tuple[int, float]:
         entry = self.entries.get(_name(key), {})
@@ -80,20 +86,32 @@ class Coverage:
         for key in verified:
             self.entries[_name(key)]["verified"] = now
 
-    def oldest_age(self, keys: Iterable[Key]) -> Optional[float]:
-        """Seconds since the stalest of `keys` was last verified (or first seen, if never)."""
+    def freshness(self, keys: Iterable[Key]) -> Freshness:
+        """How long ago each of `keys` was last verified; one never verified counts from the state file's
+        creation (now, when this run creates it)."""
         now = self.clock()
-        ages = [now - (entry.get("verified") or entry.get("first_seen") or now)
-                for entry in (self.entries.get(_name(key), {}) for key in keys)]
-        return max(ages) if ages else None
+        created = now if self.created is None else self.created
+        verified = [self.entries.get(_name(key), {}).get("verified") for key in dict.fromkeys(keys)]
+        return Freshness(tuple(now - (when or created) for when in verified), sum(1 for when in verified if not when),
+                         new_state=self.created is None)
 
-    def save(self) -> None:
-        """Merge with what overlapping runs wrote meanwhile (newest verification wins), then replace atomically."""
+    def save(self) -> Optional[str]:
+        """Merge with what overlapping runs wrote meanwhile (newest verification wins), then replace atomically.
+        Returns None, or why the file could not be written, as one line."""
         if not self.state_file:
-            return
-        with open(self.state_file + ".lock", "a") as lock:
+            return None
+        try:
+            return self._save(self.state_file)
+        except OSError as exc:  # the lock file: a missing directory, a full file system
+            return cannot_write("--state-file", self.state_file, exc)
+        except UsageError as exc:  # another program replaced it meanwhile
+            return str(exc)
+
+    def _save(self, state_file: str) -> Optional[str]:
+        with open(state_file + ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            on_disk = self._read()
+            created, on_disk = self._read()
+            created = min(x for x in (created, self.created, self.clock()) if x is not None)
             for name, theirs in on_disk.items():
                 ours = self.entries.setdefault(name, theirs)
                 ours["first_seen"] = min(x for x in (ours.get("first_seen"), theirs.get("first_seen"), self.clock())
@@ -103,5 +121,6 @@ class Coverage:
             horizon = self.clock() - FORGET_AFTER
             blobs = {k: v for k, v in self.entries.items()
                      if max(v.get("verified") or 0, v.get("first_seen") or 0) >= horizon}
-            data = json.dumps({"version": STATE_VERSION, "blobs": blobs}, indent=1, sort_keys=True)
-            replace_file(self.state_file, data.encode())
+            data = json.dumps({"version": STATE_VERSION, "created": created, "blobs": blobs}, indent=1,
+                              sort_keys=True)
+            return write_file("--state-file", state_file, data.encode())

@@ -5,9 +5,10 @@ The scan lists the catalog with `repositories`, then each repository's tags with
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, List, Optional
+from typing import TYPE_CHECKING, Iterator, List, Mapping, Optional, Sequence
 
 from .errors import ManifestInvalid, NotFound
+from .model import EmptySelection, Selection
 from .options import DiscoveryOptions
 from .reference import TAG_RE, ImageRef, validate_repository
 
@@ -36,6 +37,23 @@ def tags(wanted: DiscoveryOptions, client: RegistryClient, repository: str) -> L
         if wanted.tag_pattern is None or wanted.tag_pattern.fullmatch(tag):
             found.append(ImageRef(None, repository, tag))
     return found
+
+
+def empty_selections(wanted: DiscoveryOptions, registry: str, listed: Mapping[str, Sequence[ImageRef]]
+                     ) -> List[EmptySelection]:
+    """Each prefix under which `registry`'s catalog listed no repository, or whose repositories have no tag that
+    `wanted` selects (`listed`: each repository under the prefixes and the images it gave). One prefix that
+    matches nothing is a typo however many others match."""
+    empty = []
+    for prefix in wanted.prefixes:
+        under = tuple(repository for repository in listed if DiscoveryOptions((prefix,)).wants(repository))
+        if not under:
+            empty.append(EmptySelection(Selection.REPOSITORY, prefix, registry))
+        elif not any(listed[repository] for repository in under):
+            pattern = wanted.tag_pattern
+            empty.append(EmptySelection(Selection.TAG_PATTERN if pattern else Selection.ALL_TAGS,
+                                        pattern.pattern if pattern else "", prefix, under))
+    return empty
 
 
 def _pages(client: RegistryClient, path: str, key: str) -> Iterator[str]:

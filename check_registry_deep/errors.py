@@ -103,6 +103,20 @@ class BlobUnknown(NotFound):
     """A blob the registry does not know in this repository (404 BLOB_UNKNOWN)."""
 
 
+class StorageError(HTTPStatusError):
+    """An error status from the storage a registry redirected to (S3, GCS, Swift, a CDN): the registry still
+    knows the content, the storage behind it does not serve it. Its message names that host and what it said."""
+
+
+class StorageNotFound(StorageError, NotFound):
+    """404 from the storage behind a redirect: the object is gone while the registry still lists the blob."""
+
+
+class RegistryFailing(RegistryError):
+    """The registry answers 5xx for manifests: the registry itself (its storage, its database) is failing, not the
+    content. One run problem for all of them, with every image it breaks."""
+
+
 class RedirectError(RegistryError):
     """A redirect we refuse to follow: too many hops, a loop, or a downgrade to plain HTTP."""
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, Union
 
-from .errors import IntegrityError, ManifestInvalid, NotFound
-from .model import Finding, OriginCheck, RunProblem, ScanResult, Target, TargetResult, Trouble
+from .errors import DeadlineExceeded, IntegrityError, ManifestInvalid, NotFound
+from .model import EmptySelection, Finding, OriginCheck, RunProblem, ScanResult, Target, TargetResult, Trouble
 from .states import OK, SEVERITY, UNKNOWN, WARNING, worst
 
 #: What the run judges: a finding on content, or a problem of the run.
@@ -24,15 +24,34 @@ def judge(item: Judged, timeout_state: str = UNKNOWN) -> str:
     return WARNING if isinstance(item, Finding) and item.caveats else OK
 
 
+def judge_empty(allow_empty: bool) -> str:
+    """A selection that matched nothing: UNKNOWN (a typo would otherwise read OK forever), unless --allow-empty."""
+    return OK if allow_empty else UNKNOWN
+
+
+def not_reached(item: Judged) -> bool:
+    """A finding whose content the run did not get to before the deadline: not checked, never broken."""
+    return isinstance(item, Finding) and isinstance(item.error, DeadlineExceeded)
+
+
 @dataclass(frozen=True)
 class Judgement:
-    """The run judged, with the -t state: what the summary and the long output speak of."""
+    """The run judged, with the -t state and --allow-empty: what the summary and the long output speak of."""
 
     scan: ScanResult
     timeout_state: str = UNKNOWN
+    allow_empty: bool = False
 
     def state(self, item: Judged) -> str:
         return judge(item, self.timeout_state)
+
+    @property
+    def empty_state(self) -> str:
+        return judge_empty(self.allow_empty)
+
+    @property
+    def not_checked(self) -> Tuple[Target, ...]:
+        return not_checked(self.scan)
 
     @property
     def deadline(self) -> Optional[RunProblem]:
@@ -49,7 +68,8 @@ class Judgement:
     def failures(self) -> Tuple[Judged, ...]:
         """What the run found broken (the deadline aside): every error not judged OK."""
         items: Tuple[Judged, ...] = self.scan.run_problems + self.scan.problems
-        return tuple(item for item in items if item.error is not None and self.state(item) != OK)
+        return tuple(item for item in items
+                     if item.error is not None and self.state(item) != OK and not not_reached(item))
 
     @property
     def warnings(self) -> Tuple[Finding, ...]:
@@ -63,30 +83,57 @@ class Judgement:
 
 @dataclass(frozen=True)
 class ImageVerdict:
-    """One image (and platform): the worst state of the findings that affect it."""
+    """One image (and platform): the worst state of the findings that affect it; UNKNOWN, with `unjudged` saying
+    why, when the run did not judge it (the deadline came first, or --platform selected none of its children)."""
 
     target: Target
     resolved: Optional[TargetResult]  # None: its manifest could not be resolved
     state: str
     bytes: int
     seconds: float  # into the run, when its last finding came in
+    unjudged: Optional[Union[DeadlineExceeded, EmptySelection]] = None
+
+
+def not_checked(scan: ScanResult) -> Tuple[Target, ...]:
+    """The images (and platforms) the deadline left unfinished: a blob, or the manifest itself, never reached.
+    One with a failure already found is judged by it (it stays broken); once the run finished, there are none."""
+    if scan.interrupted is None:
+        return ()
+    items: Tuple[Judged, ...] = scan.run_problems + scan.findings
+    judged = {t for item in items if item.error is not None and not not_reached(item) for t in item.affected}
+    covered = {(t, f.digest) for f in scan.findings if f.kind.blob and not not_reached(f) for t in f.affected}
+    unfinished = [r.target for r in scan.targets
+                  if r.target not in judged and any((r.target, d.digest) not in covered for d in r.blobs)]
+    reached = {(t.image, t.registry) for t in judged} | {(r.target.image, r.target.registry) for r in scan.targets} \
+        | {(e.target.image, e.target.registry) for e in scan.empty if e.target is not None}
+    unfinished += [t for t in scan.selected if (t.image, t.registry) not in reached]
+    return tuple(dict.fromkeys(unfinished))
 
 
 def image_verdicts(scan: ScanResult) -> List[ImageVerdict]:
     """Every resolved image and platform, then every one that did not resolve (a tag gone, an index child
-    missing, the registry down): the one per-image verdict that -v lines, the table and JSON show."""
+    missing, the registry down), every one the deadline left unfinished and every index --platform selected no
+    child of: the one per-image verdict that -v lines, the table and JSON show."""
     states: Dict[Target, str] = {}
     finished: Dict[Target, float] = {}
     items: Tuple[Judged, ...] = scan.run_problems + scan.findings
     for item in items:
+        if not_reached(item):
+            continue
         for target in item.affected:
             states[target] = worst((states.get(target, OK), judge(item)))
             finished[target] = max(finished.get(target, 0.0), item.finished)
-    verdicts = [ImageVerdict(r.target, r, states.get(r.target, OK), sum(d.size or 0 for d in r.blobs),
-                             finished.get(r.target, 0.0)) for r in scan.targets]
+    in_order = not_checked(scan)
+    unfinished = set(in_order)
+    verdicts = [ImageVerdict(r.target, r, UNKNOWN if r.target in unfinished else states.get(r.target, OK),
+                             sum(d.size or 0 for d in r.blobs), finished.get(r.target, 0.0),
+                             scan.interrupted if r.target in unfinished else None) for r in scan.targets]
     resolved = {r.target for r in scan.targets}
     verdicts += [ImageVerdict(target, None, state, 0, finished[target])
                  for target, state in states.items() if target not in resolved]
+    verdicts += [ImageVerdict(target, None, UNKNOWN, 0, 0.0, scan.interrupted)
+                 for target in in_order if target not in resolved and target not in states]
+    verdicts += [ImageVerdict(e.target, None, UNKNOWN, 0, 0.0, e) for e in scan.empty if e.target is not None]
     return verdicts
 
 

@@ -13,13 +13,11 @@ and two runs (one per datacenter, say) writing the same series into two files wo
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
-from .atomic import replace_file
-from .states import EXIT_CODES, OK, UNKNOWN, plain, status_line
+from .atomic import with_problem, write_file
 
 LAST_SUCCESS = "registry_deep_last_success_timestamp_seconds"
 #: node_exporter runs as another user (prometheus on Debian): the file must be readable by it.
@@ -135,11 +133,8 @@ def exposition(run: RunMetrics, check: str, last_success: Optional[float]) -> by
 
 def write_metrics(path: str, run: RunMetrics) -> Optional[str]:
     """Replace `path` atomically; returns None, or what went wrong as one line for the plugin's output."""
-    try:
-        replace_file(path, exposition(run, check_label(path), previous_success(path)), mode=FILE_MODE)
-    except OSError as exc:
-        return f"cannot write --metrics-file {path}: {exc.strerror or exc}"
-    return None
+    return write_file("--metrics-file", path, exposition(run, check_label(path), previous_success(path)),
+                      mode=FILE_MODE)
 
 
 def publish(path: Optional[str], output: str, exitcode: int, started: float, images: Sequence[ImageSample] = (),
@@ -151,16 +146,4 @@ def publish(path: Optional[str], output: str, exitcode: int, started: float, ima
         return output, exitcode
     problem = write_metrics(path, RunMetrics(exitcode, time.monotonic() - started, time.time(), tuple(images),
                                              counts))
-    if problem is None:
-        return output, exitcode
-    problem = plain(problem)
-    worse = exitcode if exitcode != EXIT_CODES[OK] else EXIT_CODES[UNKNOWN]
-    if not text:
-        sys.stderr.write(problem + "\n")
-        return output, worse
-    first, _, rest = output.partition("\n")
-    if exitcode != EXIT_CODES[OK]:
-        return f"{first}\nUNKNOWN: {problem}\n{rest}", exitcode
-    status, bar, perfdata = first.partition(" | ")
-    summary = status.partition(" - ")[2]
-    return status_line(UNKNOWN, problem + (f"; {summary}" if summary else "")) + bar + perfdata + f"\n{rest}", worse
+    return with_problem(output, exitcode, problem, text)

@@ -164,6 +164,26 @@ class RunProblem:
 
 
 @dataclass(frozen=True)
+class Freshness:
+    """With --state-file: how long ago (seconds) each blob of this run was last deep-verified; a blob never
+    verified counts from the state file's creation."""
+
+    ages: Tuple[float, ...]
+    never_verified: int = 0
+    new_state: bool = False  # this run created the state file: a never-verified blob has waited for no time yet
+
+    @property
+    def oldest(self) -> Optional[float]:
+        """The stalest verification's age; None while it would read 0 s only because the state file is new."""
+        if not self.ages or (self.never_verified and self.new_state):
+            return None
+        return max(self.ages)
+
+    def older_than(self, seconds: float) -> int:
+        return sum(1 for age in self.ages if age > seconds)
+
+
+@dataclass(frozen=True)
 class ScanResult:
     images: Tuple[ImageRef, ...]
     targets: Tuple[TargetResult, ...]
@@ -173,7 +193,13 @@ class ScanResult:
     interrupted: Optional[DeadlineExceeded] = None
     run_problems: Tuple[RunProblem, ...] = ()  # a registry that failed, a bug of ours (the deadline: `interrupted`)
     notes: Tuple[str, ...] = ()  # about the whole run, e.g. TLS not verified
-    oldest_verification: Optional[float] = None  # seconds, with --state-file: the stalest blob's last deep check
+    freshness: Optional[Freshness] = None  # with --state-file
+    selected: Tuple[Target, ...] = ()  # every image the run set out to check (given or listed), with its registry
+    empty: Tuple[EmptySelection, ...] = ()  # selections that matched nothing
+
+    @property
+    def oldest_verification(self) -> Optional[float]:
+        return self.freshness.oldest if self.freshness else None
 
     @property
     def problems(self) -> Tuple[Finding, ...]:
@@ -188,3 +214,25 @@ class ScanResult:
     def present_blobs(self) -> Tuple[Finding, ...]:
         """Blobs only confirmed present this run: their deep verification rotated to a later run."""
         return tuple(f for f in self.findings if f.error is None and f.mode == Mode.PRESENT)
+
+
+class Selection(_Word):
+    """The option whose selection matched nothing."""
+
+    REPOSITORY = "--repository"
+    ALL_TAGS = "--all-tags"
+    TAG_PATTERN = "--tag-pattern"
+    PLATFORM = "--platform"
+
+
+@dataclass(frozen=True)
+class EmptySelection:
+    """A selection that matched nothing: a --repository prefix without repositories in the catalog, repositories
+    without a tag that --all-tags or --tag-pattern selects, an index without a child for --platform. Judged
+    UNKNOWN, unless --allow-empty says it is fine."""
+
+    option: Selection
+    value: str  # the prefix, the pattern, the platforms
+    where: str  # the registry whose catalog was listed; the prefix whose tags were; the image whose index was read
+    found: Tuple[str, ...] = ()  # what there was instead: the repositories under the prefix, the index's platforms
+    target: Optional[Target] = None  # the image (--platform), for its own row

@@ -65,6 +65,8 @@ class CheckOptions:
     warning: str = ""
     critical: str = ""
     verbose: int = 0
+    max_age: Optional[float] = None  # seconds (--max-age): WARNING when a blob's last deep verification is older
+    allow_empty: bool = False  # a selection that matches nothing is fine (else UNKNOWN)
     access: AccessOptions = AccessOptions()
     scale: ScaleOptions = ScaleOptions()
     started: Optional[float] = None  # time.monotonic() when the process started: -t counts from there

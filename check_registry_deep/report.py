@@ -13,7 +13,7 @@ from . import __version__
 from .judge import Judged, image_verdicts, judge
 from .model import Finding, Mode, ScanResult
 from .states import SEVERITY
-from .wording import describe, human_bytes, origin_verdict
+from .wording import describe, human_bytes, origin_verdict, unjudged
 
 JSON_SCHEMA_VERSION = 1
 
@@ -28,7 +28,8 @@ def image_rows(scan: ScanResult) -> List[Dict]:
             "manifest": str(result.manifest_digest) if result else None,
             "artifact": result.artifact if result else False,
             "blobs": [str(d.digest) for d in result.blobs] if result else [],
-            "bytes": verdict.bytes, "seconds": round(verdict.seconds, 3), "state": verdict.state.upper()})
+            "bytes": verdict.bytes, "seconds": round(verdict.seconds, 3), "state": verdict.state.upper(),
+            "unjudged": unjudged(verdict)})
     return sorted(rows, key=lambda r: (-SEVERITY[r["state"].lower()], r["image"], r["platform"]))
 
 
@@ -37,7 +38,7 @@ def table(scan: ScanResult) -> str:
     rows = image_rows(scan)
     header = ("IMAGE", "PLATFORM", "BLOBS", "BYTES", "TIME", "STATE")
     cells = [header] + [(r["image"], r["platform"] or "-", str(len(r["blobs"])), human_bytes(r["bytes"]),
-                         f"{r['seconds']:.1f}s", r["state"]) for r in rows]
+                         f"{r['seconds']:.1f}s", (r["unjudged"] or r["state"]).upper()) for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
                      for row in cells) + "\n"

@@ -19,11 +19,13 @@ from .blobs import Chooser
 from .client import RegistryClient
 from .deadline import Deadline
 from .errors import DeadlineExceeded, InternalError
-from .model import Finding, RunProblem, ScanResult, TargetResult, Trouble
+from .model import Finding, RunProblem, ScanResult, Target, TargetResult, Trouble
 from .options import DiscoveryOptions
-from .origin import OriginChecker, worth_asking
+from .origin import OriginChecker
 from .pool import WorkerPool
 from .reference import ImageRef, Platform
+from .replicas import merge_by_blob
+from .resolve import registry_failures
 from .stages import Job, JobResult, Lane, Stage, StageJobs
 from .verify import CHUNK_SIZE
 
@@ -125,8 +127,17 @@ class Scanner:
         if self.origin is not None:
             retries += self.origin.client.retries
         findings.sort(key=lambda f: f.finished)  # in the order they were found, the origin's answers included
+        findings, failing = registry_failures(merge_by_blob(findings), self._via)
+        problems += failing
         return ScanResult(tuple(ref for lane in lanes.values() for ref in lane.images), tuple(targets),
-                          tuple(findings), self.deadline.elapsed(), retries, interrupted, tuple(problems))
+                          tuple(findings), self.deadline.elapsed(), retries, interrupted, tuple(problems),
+                          selected=tuple(Target(ref, lane.registry) for lane in lanes.values() for ref in lane.images),
+                          empty=tuple(e for lane in lanes.values() for e in lane.empty))
+
+    def _via(self, registry: str) -> str:
+        """` via HOST:PORT` when --connect-to sends `registry`'s requests to one backend: the one that answered."""
+        connect_to = self.client_for(registry).transport.connect_to
+        return f" via {connect_to}" if connect_to else ""
 
     def _passed(self, where: str, brief: str) -> DeadlineExceeded:
         passed = f"deadline of {self.deadline.seconds:g}s passed while "
@@ -136,11 +147,9 @@ class Scanner:
         """One job's result into the run's; with an origin stage ahead, the lane's failures wait for it."""
         now = self.deadline.elapsed()
         lane.targets.extend(result.targets)
-        found = [dataclasses.replace(f, finished=now) for f in result.findings]
-        if Stage.ORIGIN in lane.stages and lane.current in (Stage.RESOLVE, Stage.BLOBS):
-            lane.unasked += [f for f in found if worth_asking(f)]
-            found = [f for f in found if not worth_asking(f)]
-        findings += found + list(result.answered)
+        lane.empty.extend(result.empty)
+        findings += lane.hold_for_origin([dataclasses.replace(f, finished=now) for f in result.findings])
+        findings += result.answered
         if self.origin is not None:  # what the run downloads counts against --max-bytes before the origin's own
             self.origin.charge(sum(f.bytes_read for f in result.findings))
         problems += [dataclasses.replace(p, finished=now) for p in result.problems]

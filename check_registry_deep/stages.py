@@ -16,11 +16,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from .blobs import BlobChecker, BlobWork, Chooser, plan
 from .client import RegistryClient
 from .deadline import Deadline
-from .discovery import repositories, tags
+from .discovery import empty_selections, repositories, tags
 from .errors import RegistryError
-from .model import Finding, OriginCheck, RunProblem, Target, TargetResult, Trouble
+from .model import EmptySelection, Finding, OriginCheck, RunProblem, Target, TargetResult, Trouble
 from .options import DiscoveryOptions
-from .origin import NO_TIME, OriginChecker
+from .origin import NO_TIME, OriginChecker, worth_asking
 from .reference import Digest, ImageRef, Platform
 from .replicas import compare_replica
 from .resolve import Resolver
@@ -50,6 +50,7 @@ class JobResult:
     findings: Tuple[Finding, ...] = ()
     problems: Tuple[RunProblem, ...] = ()
     answered: Tuple[Finding, ...] = ()  # failures found earlier in the run, now with the origin's answer
+    empty: Tuple[EmptySelection, ...] = ()  # selections that matched nothing
 
 
 NOTHING = JobResult()
@@ -80,10 +81,19 @@ class Lane:
     listed: Dict[str, object] = field(default_factory=dict)  # discovery: repository -> its images, or the error
     stopped: bool = False  # its registry failed (unreachable, or its listing): nothing more to learn there
     unasked: List[Finding] = field(default_factory=list)  # with --origin: failures waiting for its stage
+    empty: List[EmptySelection] = field(default_factory=list)  # its selections that matched nothing
 
     @property
     def current(self) -> Stage:
         return self.stages[self.stage]
+
+    def hold_for_origin(self, found: List[Finding]) -> List[Finding]:
+        """With an origin stage ahead, the failures of manifests and blobs worth asking wait for it (in
+        `unasked`); returns the rest."""
+        if Stage.ORIGIN not in self.stages or self.current not in (Stage.RESOLVE, Stage.BLOBS):
+            return found
+        self.unasked += [f for f in found if worth_asking(f)]
+        return [f for f in found if not worth_asking(f)]
 
     def brief(self, named: bool) -> str:
         return str(self.current) + (f" at {self.registry}" if named else "")
@@ -202,14 +212,16 @@ class StageJobs:
                 if ref not in known:
                     known.add(ref)
                     lane.images.append(ref)
-        return NOTHING
+        assert self.discovery is not None
+        listed = {repository: found if isinstance(found, list) else [] for repository, found in lane.listed.items()}
+        return JobResult(empty=tuple(empty_selections(self.discovery[1], lane.registry, listed)))
 
     def _resolve(self, ref: ImageRef, lane: Lane) -> JobResult:
         resolution = self.resolver.resolve(self.client_for(lane.registry), ref, lane.registry)
         if resolution.digest is not None:
             with self.lock:
                 lane.top_digests[ref] = resolution.digest
-        return JobResult(resolution.targets, resolution.findings)
+        return JobResult(resolution.targets, resolution.findings, empty=resolution.empty)
 
     def _check_blob(self, work: BlobWork) -> JobResult:
         return JobResult(findings=tuple(self.blobs.check(self.client_for(work.registry), work)))

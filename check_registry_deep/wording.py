@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .errors import RegistryFailing
 from .judge import ImageVerdict, Judged, Judgement, broken_at_origin, cache_only, image_verdicts, judge
-from .model import Finding, Mode, OriginCheck, ScanResult, Target
+from .model import EmptySelection, Finding, Mode, OriginCheck, RunProblem, ScanResult, Selection, Target, Trouble
 from .states import CRITICAL, OK, UNKNOWN, WARNING
 
 MAX_OUTPUT = 8000  # Nagios cuts plugin output at 8 KiB
@@ -39,11 +40,21 @@ def _plural(count: int, noun: str) -> str:
 def describe(item: Judged) -> str:
     """One finding or run problem, as the long output shows it: what, what is wrong (expected vs. got), what it
     breaks."""
-    if not isinstance(item, Finding):
-        return str(item.error)
+    if not isinstance(item, Finding):  # a run problem; a failing registry says what it breaks, like content
+        text = str(item.error)
+        return text + _affected(text, item.affected, "breaks") if isinstance(item.error, RegistryFailing) else text
     reason = str(item.error) if item.error is not None else "; ".join(item.caveats + item.notes)
     text = f"{item.kind} {item.label}: {reason}"
-    images = sorted({str(t) for t in item.affected})
+    verb = "breaks" if item.error is not None else "affects" if item.caveats else "in"
+    text += _affected(text, item.affected, verb)
+    if item.origin is not None and item.error is not None:
+        text += f"; {origin_verdict(item.origin)}"
+    return text
+
+
+def _affected(text: str, affected: Sequence[Target], verb: str) -> str:
+    """` - breaks A, B … and N more`: the images (and platforms) in sorted order, as many as fit in a line."""
+    images = sorted({str(t) for t in affected})
     if images:
         shown: List[str] = []
         for image in images:
@@ -51,11 +62,8 @@ def describe(item: Judged) -> str:
                 break
             shown.append(image)
         more = len(images) - len(shown)
-        verb = "breaks" if item.error is not None else "affects" if item.caveats else "in"
-        text += f" - {verb} " + ", ".join(shown) + (f" … and {more} more" if more else "")
-    if item.origin is not None and item.error is not None:
-        text += f"; {origin_verdict(item.origin)}"
-    return text
+        return f" - {verb} " + ", ".join(shown) + (f" … and {more} more" if more else "")
+    return ""
 
 
 def origin_verdict(origin: OriginCheck) -> str:
@@ -108,40 +116,82 @@ def totals(scan: ScanResult) -> str:
     return "; ".join((text,) + scan.notes)
 
 
+def empty_text(empty: EmptySelection) -> str:
+    """What matched nothing, and where it was looked for."""
+    count = len(empty.found)
+    repositories = f"{count} {'repository' if count == 1 else 'repositories'}"
+    if empty.option is Selection.REPOSITORY:
+        return f"--repository {empty.value} matched no repository in the catalog of {empty.where}"
+    if empty.option is Selection.TAG_PATTERN:
+        return f"--tag-pattern {empty.value!r} matched no tag of the {repositories} under --repository {empty.where}"
+    if empty.option is Selection.ALL_TAGS:
+        return f"--all-tags found no tag in the {repositories} under --repository {empty.where}"
+    return f"--platform {empty.value} matched no child of {empty.where} (it has {', '.join(empty.found)})"
+
+
+def deadline_text(judgement: Judgement, brief: bool = False) -> str:
+    """The deadline, led by how many images it left unfinished: `9 images not checked: deadline of 3s passed
+    while resolving manifests (6 of 9 done); waiting on …` (`brief`: without what it was doing and waiting on)."""
+    interrupted = judgement.scan.interrupted
+    assert interrupted is not None
+    text = interrupted.brief if brief else str(interrupted)
+    images = _images(judgement.not_checked)
+    return f"{_plural(len(images), 'image')} not checked: {text}" if images else text
+
+
 def ok_summary(judgement: Judgement) -> str:
     scan = judgement.scan
     if scan.interrupted is not None:  # -t N:ok: still say the run was cut short, and where
-        return cut(str(scan.interrupted), MAX_SUMMARY)
+        return cut(deadline_text(judgement), MAX_SUMMARY)
     return totals(scan)
 
 
-def problem_summary(judgement: Judgement, worst: str, slow: Optional[str]) -> str:
+def human_duration(seconds: float) -> str:
+    """`2d`, `1.5h`, `90s`: in the largest unit that fits, to a tenth."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{round(seconds / size, 1):g}{unit}"
+    return f"{round(seconds):g}s"
+
+
+def problem_summary(judgement: Judgement, worst: str, slow: Optional[str], overdue: Optional[float] = None) -> str:
     """Line 1's summary when the run's `worst` state is not OK: what is broken and what it breaks, the deadline
-    (first when it is the worst), the warnings, a run slower than -w/-c allow (`slow`: the range it violates)."""
+    (first when it is the worst), the warnings, a run slower than -w/-c allow (`slow`: the range it violates),
+    blobs not deep-verified for longer than --max-age (`overdue`)."""
     scan = judgement.scan
     parts = []
     broken = judgement.failures
     if broken:
         images = _images([t for item in broken for t in item.affected])
-        head = _broken_head(broken)
+        # a registry answering 5xx is said as such, not as broken manifests; what else broke is counted after it
+        failing = [item for item in broken if isinstance(item.error, RegistryFailing)]
+        others = [item for item in broken if not isinstance(item.error, RegistryFailing)]
+        head = " and ".join([str(item.error) for item in failing] + ([_broken_head(others)] if others else []))
         if images:
             head += f", breaking {len(images)} of {_plural(len(scan.images), 'image')}"
         origins = [cache_only(item) if isinstance(item, Finding) else None for item in broken]
         if all(origins):
             head += f", all cache-only (origin {origins[0]} intact)"
-        parts.append(f"{head}: {short(broken[0])}")
+        parts.append(f"{head}: {short(others[0])}" if others else head)
+    if scan.empty and judgement.empty_state != OK:
+        more = len(scan.empty) - 1
+        parts.append(empty_text(scan.empty[0]) + (f" (and {more} more that match nothing)" if more else ""))
     deadline = judgement.deadline
     if deadline is not None and scan.interrupted is not None:
-        full = str(scan.interrupted)
+        full = deadline_text(judgement)
         fits = len("; ".join(parts + [full])) <= MAX_SUMMARY
         parts.insert(0 if judgement.state(deadline) == worst else len(parts),
-                     full if fits else scan.interrupted.brief)
+                     full if fits else deadline_text(judgement, brief=True))
     warned = judgement.warnings
     if warned:
         parts.append(f"{_plural(len(warned), 'warning')}: {short(warned[0])}")
     if slow is not None:
         parts.append(f"run took {scan.elapsed:.1f}s ({slow})")
-    if not broken and deadline is None:
+    freshness = scan.freshness
+    if overdue is not None and freshness is not None and freshness.oldest is not None:
+        parts.append(f"{_plural(freshness.older_than(overdue), 'blob')} not deep-verified for over "
+                     f"{human_duration(overdue)} (--max-age; oldest {human_duration(freshness.oldest)})")
+    if not broken and deadline is None and (scan.targets or scan.findings):  # else what matched nothing says it all
         parts.append(totals(scan))
     return cut("; ".join(parts), MAX_SUMMARY)
 
@@ -149,7 +199,11 @@ def problem_summary(judgement: Judgement, worst: str, slow: Optional[str]) -> st
 def long_output(judgement: Judgement, verbose: int = 0) -> List[str]:
     """A line per failure, warning and the deadline (worst first), the notes, and with -v a line per image."""
     scan = judgement.scan
-    lines = [f"{judgement.state(item).upper()}: {describe(item)}" for item in judgement.worst_first()]
+    lines = [f"{judgement.state(item).upper()}: {describe(item)}{_unfinished(judgement, item)}"
+             for item in judgement.worst_first()]
+    allowed = judgement.empty_state == OK
+    lines += [f"note: {empty_text(e)} (--allow-empty)" if allowed else f"{judgement.empty_state.upper()}: "
+              f"{empty_text(e)}" for e in scan.empty]
     lines += [f"note: {note}" for note in scan.notes]
     lines += [f"note: {describe(f)}" for f in scan.findings if f.notes]
     if verbose >= 1:
@@ -163,8 +217,28 @@ def image_lines(scan: ScanResult) -> List[str]:
                                            key=lambda v: (str(v.target.image), str(v.target.platform or "")))]
 
 
+def _unfinished(judgement: Judgement, item: Judged) -> str:
+    """After the deadline's line: the images it left unfinished."""
+    if not (isinstance(item, RunProblem) and item.kind is Trouble.DEADLINE):
+        return ""
+    images = sorted(_images(judgement.not_checked))
+    text = "; not checked: " + ", ".join(images) if images else ""
+    return cut(text, MAX_LINE)
+
+
+def unjudged(verdict: ImageVerdict) -> Optional[str]:
+    """Why the run did not judge an image, if it did not: `not checked` (the deadline), `nothing selected`."""
+    if isinstance(verdict.unjudged, EmptySelection):
+        return "nothing selected"
+    return "not checked" if verdict.unjudged is not None else None
+
+
 def _image_line(verdict: ImageVerdict) -> str:
     word, result = IMAGE_WORDS[verdict.state], verdict.resolved
+    if isinstance(verdict.unjudged, EmptySelection):
+        return f"image {verdict.target}: nothing selected: {word}"
+    if verdict.unjudged is not None:
+        return f"image {verdict.target}: not checked (deadline)"
     if result is None:
         return f"image {verdict.target}: not resolved: {word}"
     return (f"image {result.target}: manifest {result.manifest_digest.short()}…, {len(result.blobs)} blobs, "

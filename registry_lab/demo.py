@@ -30,8 +30,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return swift_main()
     if args == ["--cache"]:
         return cache_main()
+    if args == ["--s3"]:
+        return s3_main()
     if args:
-        print("usage: python -m registry_lab.demo [--swift | --cache]", file=sys.stderr)
+        print("usage: python -m registry_lab.demo [--swift | --cache | --s3]", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="registry-deep-demo-") as workdir, \
             LocalRegistry(Path(workdir)) as registry:
@@ -128,6 +130,52 @@ def cache_main() -> int:
     show("cleaned up: nginx and the registry stopped, cache and storage removed")
     ok = healthy == 0 and broken == 2 and repaired == 0
     print("demo " + ("as expected: OK, then CRITICAL with the origin intact, then OK after the purge" if ok
+                     else "did NOT go as expected"))
+    return 0 if ok else 1
+
+
+def s3_main() -> int:
+    """Object storage behind redirects: the bucket loses the golden layer while the registry still lists it."""
+    from .s3 import S3Lab, s3_available  # moto is only needed here
+
+    problem = s3_available()
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="registry-deep-s3-demo-") as workdir, S3Lab(Path(workdir)) as lab:
+        moto, front = lab.started
+        print("pushing the sentinel images through a registry into an S3 bucket...", flush=True)
+        images = lab.seed(lambda registry: seed_sentinels(registry, golden_size=32 << 20, own_size=2 << 20))
+        registry = lab.registry()
+        try:
+            golden = images.golden.digest
+            show(f"a real docker-registry on {registry.url}, storage: bucket {registry.bucket.name!r} through its s3 "
+                 f"driver at {front.url} (the lab's stand-in for S3's presigned-URL checks, before moto's S3 on "
+                 f"{moto.url}); blob GETs are redirected there, and the registry caches blob descriptors (as "
+                 "Debian's default config does)")
+            print(f"{len(images.images)} sentinel images; all but one are built on the golden base layer {golden}")
+            refs = images.refs()
+            show("the check on a healthy registry")
+            healthy = run_check(registry.url, refs)
+            redirected = sum(1 for e in registry.access_log() if "/blobs/" in e["path"] and e["status"] == "307")
+            print(f"the registry answered {redirected} blob requests with a redirect to the storage")
+            show("the incident: the golden layer's object is deleted from the bucket (a lifecycle rule, a cleanup "
+                 "script); the registry still lists the blob, manifests and tags resolve, /v2/ answers 200")
+            data = registry.bucket.get(registry.object_name(golden))
+            registry.delete_blob(golden)
+            print(f"deleted s3://{registry.bucket.name}/{registry.object_name(golden)}")
+            show("the check again")
+            broken = run_check(registry.url, refs)
+            show("the repair the verdict points to: restore the object in the bucket (not re-push: the registry "
+                 "still has the blob), check again")
+            registry.bucket.put(registry.object_name(golden), data)
+            print(f"restored s3://{registry.bucket.name}/{registry.object_name(golden)} from a copy")
+            repaired = run_check(registry.url, refs)
+        finally:
+            registry.stop()
+    show("cleaned up: registry, front and moto stopped, storage removed")
+    ok = healthy == 0 and broken == 2 and repaired == 0
+    print("demo " + ("as expected: OK, then CRITICAL naming the storage, then OK after the restore" if ok
                      else "did NOT go as expected"))
     return 0 if ok else 1
 

@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import requests
 
@@ -37,6 +37,34 @@ def stop_process(process: Optional[subprocess.Popen], grace: float = 5.0, first:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def lab_environment() -> Dict[str, str]:
+    """The environment of a daemon the lab starts: no AWS_* variables (docker-registry 2.8's s3 driver panics at
+    start on an AWS_CA_BUNDLE, and none of them is the lab's to pass on)."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+
+
+def start_daemon(argv: List[str], log_path: Path, ready: Callable[[], bool], what: str, wait: float
+                 ) -> subprocess.Popen:
+    """Start a daemon the lab needs (output appended to `log_path`, the lab's environment) and wait until
+    `ready()` says it answers; stopped again, and the log's tail raised, when it exits or does not answer."""
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=lab_environment())
+    until = time.monotonic() + wait
+    while time.monotonic() < until:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}: "
+                               f"{log_path.read_text(errors='replace')[-2000:]}")
+        try:
+            if ready():
+                return process
+        except (requests.RequestException, OSError):
+            pass
+        time.sleep(0.05)
+    stop_process(process)
+    raise RuntimeError(f"{what} did not answer within {wait}s")
 
 
 def sha256(data: bytes) -> str:
@@ -88,26 +116,15 @@ class LocalRegistry:
     def start(self, wait: float = 15.0) -> LocalRegistry:
         config_path = self.workdir / "config.yml"
         config_path.write_text(json.dumps(self.config(), indent=1))  # JSON is YAML: no yaml module needed
-        log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child process, closed right after)
-        self.process = subprocess.Popen([REGISTRY_BINARY, "serve", str(config_path)], stdout=log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        log.close()
-        until = time.monotonic() + wait
-        while time.monotonic() < until:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"docker-registry exited with {self.process.returncode}: "
-                                   f"{self.log_path.read_text()[-2000:]}")
-            try:
-                if self.tls:  # it may want a client certificate: a listening port is enough
-                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                    return self
-                if self.session.get(f"{self.url}/v2/", timeout=1).status_code in (200, 401):
-                    return self
-            except (requests.ConnectionError, OSError):
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"docker-registry did not answer on {self.url} within {wait}s")
+        self.process = start_daemon([REGISTRY_BINARY, "serve", str(config_path)], self.log_path, self._answers,
+                                    f"docker-registry on {self.url}", wait)
+        return self
+
+    def _answers(self) -> bool:
+        if self.tls:  # it may want a client certificate: a listening port is enough
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        return self.session.get(f"{self.url}/v2/", timeout=1).status_code in (200, 401)
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -217,14 +234,42 @@ class LocalRegistry:
     # -- what the registry saw -------------------------------------------------------------------------
 
     def access_log(self) -> List[Dict[str, str]]:
-        """Every request the registry logged (method, path, user agent), from its access log."""
+        """Every request the registry logged (method, path, status, user agent), from its access log."""
         entries = []
-        pattern = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[0-9.]+" \d+ \S+ "[^"]*" "(?P<agent>[^"]*)"')
+        pattern = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[0-9.]+" (?P<status>\d+) \S+ "[^"]*" '
+                             r'"(?P<agent>[^"]*)"')
         for line in self.log_path.read_text(errors="replace").splitlines():
             match = pattern.search(line)
             if match:
                 entries.append(match.groupdict())
         return entries
+
+
+class ObjectStoreRegistry(LocalRegistry):
+    """A LocalRegistry whose storage is an object store (Swift, S3): the bytes live there, so the manifests it
+    pushed are also kept in `workdir/pushed`, where images.py reads them back (`blob_path`)."""
+
+    def __init__(self, workdir: Path, **kwargs):
+        super().__init__(workdir, **kwargs)
+        self.pushed = self.workdir / "pushed"
+
+    def push_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
+        digest = super().push_manifest(repository, reference, body, media_type)
+        path = self.blob_path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+        return digest
+
+    def blob_path(self, digest: str) -> Path:
+        """A local copy of a manifest this registry pushed (the bytes live in the object store)."""
+        algorithm, hexpart = digest.split(":", 1)
+        return self.pushed / algorithm / hexpart
+
+    @staticmethod
+    def object_name(digest: str) -> str:
+        """Where distribution keeps a blob's bytes, below the driver's root (a container, a bucket)."""
+        algorithm, hexpart = digest.split(":", 1)
+        return f"{STORAGE_PREFIX}/blobs/{algorithm}/{hexpart[:2]}/{hexpart}/data"
 
 
 class SilentServer:

@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import requests
 
-from .registry import LocalRegistry, free_port
+from .registry import LocalRegistry, ObjectStoreRegistry, free_port
 
 SWIFT_PYTHON = os.environ.get("SWIFT_PYTHON", "/usr/bin/python3")
 SWIFT_BIN = Path(os.environ.get("SWIFT_BIN", "/usr/bin"))
@@ -460,7 +460,7 @@ class SyncIncident:
     second_pass: str
 
 
-class SwiftRegistry(LocalRegistry):
+class SwiftRegistry(ObjectStoreRegistry):
     """docker-registry on 127.0.0.1 storing into `container` of `cluster`, in one of MODES:
 
     - plain: no blob-descriptor cache, no redirects: every HEAD and GET asks Swift;
@@ -478,7 +478,6 @@ class SwiftRegistry(LocalRegistry):
         self.container = container
         self.mode = mode
         self.chunksize = chunksize
-        self.pushed = self.workdir / "pushed"  # what was pushed as manifests, for images.py's index building
 
     def config(self) -> dict:
         config = super().config()
@@ -509,27 +508,12 @@ class SwiftRegistry(LocalRegistry):
     def clone(self, workdir: Path, **kwargs) -> LocalRegistry:
         raise NotImplementedError("use SwiftLab.registry(): containers are cloned in Swift")
 
-    # -- what images.py needs --------------------------------------------------------------------------
-
-    def push_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
-        digest = super().push_manifest(repository, reference, body, media_type)
-        path = self.blob_path(digest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(body)
-        return digest
-
-    def blob_path(self, digest: str) -> Path:
-        """A local copy of a manifest this registry pushed (the bytes live in Swift; see `data_object`)."""
-        algorithm, hexpart = digest.split(":", 1)
-        return self.pushed / algorithm / hexpart
-
     # -- the Swift layout ------------------------------------------------------------------------------
 
-    @staticmethod
-    def data_object(digest: str) -> str:
+    @classmethod
+    def data_object(cls, digest: str) -> str:
         """The object holding a blob: for an uploaded layer or config, a DLO manifest over its segments."""
-        algorithm, hexpart = digest.split(":", 1)
-        return f"files/docker/registry/v2/blobs/{algorithm}/{hexpart[:2]}/{hexpart}/data"
+        return f"files/{cls.object_name(digest)}"
 
     def segments(self, digest: str) -> List[Tuple[str, int]]:
         """(object name, bytes) of each segment of a blob, in order."""

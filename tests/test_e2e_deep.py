@@ -194,8 +194,8 @@ def test_silent_server_gives_a_status_line_within_the_deadline(plugin, timeout, 
     with SilentServer() as silent:
         run = plugin("-R", silent.url, "-i", "apps/web:1.0", "-t", timeout)
     assert run.code == code
-    assert run.first.startswith(f"REGISTRY_DEEP {word} - deadline of 2s passed while checking the registry API "
-                                f"(0 of 1 done); waiting on {silent.url}/v2/"), run.first
+    assert run.first.startswith(f"REGISTRY_DEEP {word} - 1 image not checked: deadline of 2s passed while checking the "
+                                f"registry API (0 of 1 done); waiting on {silent.url}/v2/"), run.first
     assert run.seconds < 3.0
 
 
@@ -207,9 +207,10 @@ def test_deadline_keeps_failures_found_elsewhere(plugin, damaged, lab):
                      "-t", "3")
     assert run.code == 2
     assert run.first.startswith("REGISTRY_DEEP CRITICAL - 1 broken blob, breaking 1 of 2 images: layer "), run.first
-    assert "; deadline of 3s passed while checking the registry API" in run.first
+    assert "; 1 image not checked: deadline of 3s passed while checking the registry API" in run.first, run.first
     assert f"UNKNOWN: deadline of 3s passed while checking the registry API at https://127.0.0.1:{silent.port} " \
-           f"(0 of 1 done); waiting on https://127.0.0.1:{silent.port}/v2/" in run.lines
+           f"(0 of 1 done); waiting on https://127.0.0.1:{silent.port}/v2/; not checked: " \
+           f"127.0.0.1:{silent.port}/stalled/image:1" in run.lines
     assert broken_line(run, golden).endswith("- breaks apps/web:1.0")
     assert run.seconds < 4.0
 

@@ -183,8 +183,9 @@ def test_reset_on_every_attempt_is_critical(plugin, proxy, registry):
     proxy.add(blob_path("big/blob", registry.big), ResetAfter(100), times=None)
     run = plugin("-R", proxy.url, "-i", "big/blob:1", "-t", "10")
     assert run.code == 2, run.stdout
-    # every byte that arrived counts (resumed from, a few times), and the verdict says how far each got
-    assert "connection broken after 100 bytes: Connection reset by peer" in run.first, run.first
+    # every byte that arrived counts (resumed from, a few times), and the verdict says how far each got, and who
+    # reset it, in plain words (was: `connection broken after 100 bytes: Connection reset by peer`)
+    assert f"connection reset by 127.0.0.1:{proxy.port} after 100 bytes | " in run.first, run.first
     assert run.seconds < 10
 
 
@@ -254,7 +255,8 @@ def test_stall_mid_body_every_time_but_moving_on_ends_at_the_deadline(plugin, pr
     proxy.add(blob_path("big/blob", registry.big), StallAfter(256 << 10), times=None)
     run = plugin("-R", proxy.url, "-i", "big/blob:1", "-t", timeout)
     assert run.code == code, run.stdout
-    assert run.first.startswith(f"REGISTRY_DEEP {word} - deadline of 4s passed while verifying blobs"), run.first
+    assert run.first.startswith(f"REGISTRY_DEEP {word} - 1 image not checked: deadline of 4s passed while verifying "
+                                "blobs"), run.first
     assert_readable(run, 4)
 
 
@@ -262,7 +264,8 @@ def test_slow_but_moving_transfer_is_never_cut_by_the_stall_timeout(plugin, prox
     proxy.add(blob_path("big/blob", registry.big), Drip(1.0), times=None)  # a byte a second; stall timeout 2 s
     run = plugin("-R", proxy.url, "-i", "big/blob:1", "-t", "4")
     assert run.code == 3, run.stdout
-    assert run.first.startswith("REGISTRY_DEEP UNKNOWN - deadline of 4s passed while verifying blobs"), run.first
+    assert run.first.startswith("REGISTRY_DEEP UNKNOWN - 1 image not checked: deadline of 4s passed while verifying "
+                                "blobs"), run.first
     assert " retries=0;" in run.first  # never cut, never resumed
     assert sum(1 for r in proxy.requests if registry.big in r["path"]) == 1
 

@@ -135,7 +135,7 @@ def test_distributed_example_validates_on_the_master_once_the_command_is_copied(
     assert counts.get("Service") == 8, counts
     assert counts.get("Dependency") == 4, counts
 
-    # The control: without the copied CheckCommand (the step a link used to do), validation names what is missing.
+    # The control: without the copied CheckCommand (the step docs/icinga.md asks for), validation names what is missing.
     (zones_d / "global-templates" / CHECKCOMMAND.name).unlink()
     done = instance.validate()
     assert done.returncode != 0, done.stdout

@@ -184,8 +184,8 @@ def test_timeouts_and_usage_errors_write_a_file_node_exporter_reads_next_to_othe
         timeout = plugin("-R", silent.url, "-i", "apps/web:1.0", "-t", "1", "--metrics-file",
                          str(textfile / "timeout.prom"))
     assert timeout.code == 3
-    assert timeout.first.startswith("REGISTRY_DEEP UNKNOWN - deadline of 1s passed while checking the registry API"), \
-        timeout.first
+    assert timeout.first.startswith("REGISTRY_DEEP UNKNOWN - 1 image not checked: deadline of 1s passed while "
+                                    "checking the registry API"), timeout.first
     # argparse refuses the command line: --metrics-file is still found
     refused = plugin("-R", pristine.url, "--bogus", "--metrics-file", str(textfile / "refused.prom"))
     assert (refused.code, refused.stdout) == (
@@ -240,7 +240,7 @@ def test_the_icinga_output_is_the_same_with_and_without_metrics(plugin, damaged,
 def test_a_metrics_file_that_cannot_be_written_is_one_line_and_unknown_only_if_nothing_is_worse(
         plugin, damaged, lab, tmp_path):
     missing = tmp_path / "no-such-dir" / "registry-deep.prom"
-    problem = f"cannot write --metrics-file {missing}: No such file or directory"
+    problem = f"cannot write --metrics-file {missing}: directory {missing.parent} does not exist"
     args = ["-R", damaged.url, *image_args(lab.images.refs()), "--metrics-file", str(missing)]
     healthy = plugin(*args)
     assert healthy.code == 3
@@ -365,7 +365,7 @@ def test_with_json_on_stdout_a_failed_metrics_write_goes_to_stderr(plugin, prist
     run = plugin("-R", pristine.url, "-i", "base/golden:1", "--json", "-", "--metrics-file", str(missing))
     assert run.code == 3
     assert json.loads(run.stdout)["state"] == "OK"  # the document stays valid
-    assert run.stderr == f"cannot write --metrics-file {missing}: No such file or directory\n"
+    assert run.stderr == f"cannot write --metrics-file {missing}: directory {missing.parent} does not exist\n"
 
 
 @pytest.mark.e2e

@@ -135,6 +135,28 @@ def test_critical_registry_unreachable():
     assert code == 2
 
 
+def test_a_registry_answering_5xx_for_manifests_is_the_registry_failing_not_broken_manifests():
+    """The scan folds a registry's 5xx manifest answers into one run problem (resolve.registry_failures); line 1
+    says it first, and counts what else broke after it."""
+    from check_registry_deep.errors import HTTPStatusError
+    from check_registry_deep.resolve import registry_failures
+    failing = HTTPStatusError("500 UNKNOWN (unknown error)", 500, "UNKNOWN")
+    manifests = [Finding(Kind.MANIFEST, (target,), image=target.image, repository=target.image.repository,
+                         error=failing) for target in (T_APP, T_DB)]
+    findings, problems = registry_failures(manifests)
+    assert findings == [] and [str(p.error) for p in problems] == ["the registry answers 500 UNKNOWN for 2 manifests"]
+    _, backend = registry_failures(manifests, lambda registry: " via 10.0.0.5:443")  # --connect-to: who answered
+    assert str(backend[0].error) == "the registry via 10.0.0.5:443 answers 500 UNKNOWN for 2 manifests"
+    output, code, _ = run(scan_of(broken(D[5], DigestMismatch("digest mismatch: got sha256:abc"), T_APP),
+                                  problems=problems))
+    lines = output.splitlines()
+    assert lines[0].startswith("REGISTRY_DEEP CRITICAL - the registry answers 500 UNKNOWN for 2 manifests and 1 "
+                               f"broken blob, breaking 2 of 2 images: layer {D[5].short()}… digest mismatch: ")
+    assert lines[1] == (f"CRITICAL: the registry answers 500 UNKNOWN for 2 manifests - breaks {APP}, "
+                        f"{DB} (linux/arm64/v8)")
+    assert code == 2
+
+
 def test_critical_beats_unknown():
     scan = scan_of(broken(D[5], UnsupportedDigest("unsupported digest algorithm 'md5'"), T_APP),
                    broken(D[6], SizeMismatch("truncated: got 5 of 100 bytes"), T_DB))

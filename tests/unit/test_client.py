@@ -493,6 +493,56 @@ def test_bodies_read_to_their_end_leave_the_connection_for_the_next_request():
     assert len(connections) == 1, connections
 
 
+# -- the storage behind a redirect: its answer is its own, and says so -----------------------------------
+
+STORAGE = "http://127.0.0.2:9000"
+S3_NO_SUCH_KEY = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NoSuchKey</Code><Message>The specified key '
+                  'does not exist.</Message><Key>docker/registry/v2/blobs/x/data</Key></Error>')
+GCS_EXPIRED = ("<?xml version='1.0' encoding='UTF-8'?><Error><Code>ExpiredToken</Code><Message>Invalid argument."
+               "</Message><Details>The provided token has expired. Request signature expired at: "
+               "2026-12-07T14:00:00+00:00</Details></Error>")
+SWIFT_TEMPURL = "<html><h1>Unauthorized</h1><p>This server could not verify that you are authorized to access " \
+                "the document you requested.</p></html>"
+
+
+@pytest.mark.parametrize("status, body, error, message", [
+    (404, S3_NO_SUCH_KEY, "StorageNotFound", "404 NoSuchKey from the storage at 127.0.0.2:9000: The specified key "
+     "does not exist. (redirected by the registry; the registry still lists the blob)"),
+    (400, GCS_EXPIRED, "StorageError", "400 ExpiredToken from the storage at 127.0.0.2:9000: Invalid argument. "
+     "(redirected by the registry)"),
+    (401, SWIFT_TEMPURL, "StorageError", "401 from the storage at 127.0.0.2:9000: Unauthorized This server could "
+     "not verify that you are authorized to access the document you requested. (redirected by the registry)"),
+    (404, errors_body("BLOB_UNKNOWN", "blob unknown to registry"), "StorageNotFound",
+     "404 BLOB_UNKNOWN from the storage at 127.0.0.2:9000: blob unknown to registry (redirected by the registry; "
+     "the registry still lists the blob)"),
+])
+def test_an_error_from_the_storage_behind_a_redirect_names_it_and_reads_its_body(mock, status, body, error,
+                                                                                 message):
+    """Was: `404 BLOB_UNKNOWN in every repository` for S3's NoSuchKey (the code filled in by the plugin), and
+    `403` alone for an expired URL (only JSON bodies were read)."""
+    from check_registry_deep import errors
+    storage = f"{STORAGE}/bucket/blob?X-Amz-Signature=secret"
+    mock.add(responses.GET, BLOB_URL, status=307, headers={"Location": storage})
+    mock.add(responses.GET, storage, status=status, body=body)
+    with pytest.raises(errors.CheckError) as raised, make_client().open_blob("team/app", BLOB_DIGEST, None):
+        pass
+    assert type(raised.value).__name__ == error
+    assert str(raised.value) == message
+    assert not isinstance(raised.value, BlobUnknown)  # the registry knows the blob: no "link lost" verdict
+
+
+def test_a_bodiless_404_from_the_storage_gets_no_code_filled_in(mock):
+    """A HEAD's 404 has no body: from the registry it means BLOB_UNKNOWN, from the storage nothing more than 404."""
+    from check_registry_deep.errors import StorageNotFound
+    storage = f"{STORAGE}/bucket/blob"
+    mock.add(responses.HEAD, BLOB_URL, status=307, headers={"Location": storage})
+    mock.add(responses.HEAD, storage, status=404)
+    with pytest.raises(StorageNotFound) as raised:
+        make_client().head_blob("team/app", BLOB_DIGEST)
+    assert str(raised.value) == ("HEAD in team/app: 404 from the storage at 127.0.0.2:9000 (redirected by the "
+                                 "registry; the registry still lists the blob)")
+
+
 @pytest.mark.parametrize("openssl_says, hinted", [
     ("[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)", True),  # OpenSSL 3.0 (bookworm)
     ("[SSL: RECORD_LAYER_FAILURE] record layer failure (_ssl.c:1029)", True),  # OpenSSL 3.2+ (trixie)
@@ -503,6 +553,6 @@ def test_a_tls_failure_that_looks_like_plain_http_says_to_use_http(openssl_says,
     exc = requests.exceptions.SSLError(f"HTTPSConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded "
                                        f"with url: /v2/ (Caused by SSLError(SSLError(1, '{openssl_says}')))")
     line = tls_failure(exc, "https://127.0.0.1:5000")
-    reason = openssl_says.split("] ", 1)[1].rstrip(")")
+    reason = openssl_says.split("] ", 1)[1].rsplit(" (_ssl.c:", 1)[0]  # OpenSSL's words, not Python's wrapping
     hint = "it answers plain HTTP (use http://127.0.0.1:5000): " if hinted else ""
     assert line == f"TLS failure talking to https://127.0.0.1:5000: {hint}{reason}"

@@ -112,7 +112,7 @@ def test_the_file_is_replaced_atomically_readable_by_node_exporter_and_nothing_i
 def test_a_failed_write_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypatch):
     missing = tmp_path / "no-such-dir" / "sentinels.prom"
     assert write_metrics(str(missing), RunMetrics(0, 1.0, 1.0)) == \
-        f"cannot write --metrics-file {missing}: No such file or directory"
+        f"cannot write --metrics-file {missing}: directory {missing.parent} does not exist"
 
     def full(src, dst):
         raise OSError(28, "No space left on device")

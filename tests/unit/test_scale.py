@@ -168,9 +168,44 @@ def test_a_foreign_file_is_not_taken_for_a_state_file(tmp_path):
         Coverage(str(state))
 
 
-def test_oldest_age_counts_never_verified_blobs_from_first_sight():
+def test_a_first_run_has_no_oldest_while_blobs_were_never_verified():
     now = [1000.0]
-    coverage = Coverage(None, clock=lambda: now[0])
+    coverage = Coverage(None, clock=lambda: now[0])  # as a new --state-file: created by this run
     coverage.record([key(1), key(2)], [key(1)])
     now[0] = 1600.0
-    assert coverage.oldest_age([key(1), key(2)]) == 600.0
+    fresh = coverage.freshness([key(1), key(2)])
+    assert (fresh.ages, fresh.never_verified, fresh.new_state) == ((600.0, 0.0), 1, True)
+    assert fresh.oldest is None  # not 0 s: key(2) was never verified
+    coverage.record([key(2)], [key(2)])
+    assert coverage.freshness([key(1), key(2)]).oldest == 600.0  # all verified: the age is real
+
+
+def state_file(path, blobs, **extra):
+    path.write_text(json.dumps({"version": 1, "blobs": blobs, **extra}))
+    return str(path)
+
+
+def test_never_verified_blobs_count_from_the_state_files_creation(tmp_path):
+    path = state_file(tmp_path / "state.json", {f"http://r sha256:{1:064x}": {"first_seen": 1400, "verified": 1500},
+                                                f"http://r sha256:{2:064x}": {"first_seen": 1900, "verified": None}},
+                      created=1000.0)
+    fresh = Coverage(path, clock=lambda: 2000.0).freshness([key(1), key(2), key(3)])  # key(3): first seen now
+    assert fresh.ages == (500.0, 1000.0, 1000.0)
+    assert (fresh.oldest, fresh.never_verified, fresh.older_than(800)) == (1000.0, 2, 2)
+
+
+def test_a_state_file_written_before_created_counts_from_its_oldest_sighting(tmp_path):
+    path = state_file(tmp_path / "state.json", {f"http://r sha256:{1:064x}": {"first_seen": 1200, "verified": None},
+                                                f"http://r sha256:{2:064x}": {"first_seen": 1100, "verified": 1900}})
+    coverage = Coverage(path, clock=lambda: 2000.0)
+    assert coverage.created == 1100.0
+    assert coverage.freshness([key(1)]).oldest == 900.0
+    assert coverage.save() is None
+    assert json.loads((tmp_path / "state.json").read_text())["created"] == 1100.0  # written from now on
+
+
+def test_a_state_file_that_cannot_be_written_is_one_line(tmp_path):
+    missing = tmp_path / "no-such-dir" / "state.json"
+    coverage = Coverage(str(missing))
+    coverage.record([key(1)], [key(1)])
+    assert coverage.save() == f"cannot write --state-file {missing}: directory {missing.parent} does not exist"
