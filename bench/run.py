@@ -122,7 +122,7 @@ def minimum_requests(images: Sequence[dict]) -> List[Request]:
 
 def listing_requests(url: str, prefix: str) -> int:
     """Requests a discovery of `prefix` takes at least: every catalog page, one tags page per repository."""
-    import requests  # noqa: PLC0415 (the bench's own client, only here)
+    import requests  # the bench's own client, only here
 
     repositories, path = 0, "/v2/_catalog"
     for pages in range(1, 1000):
@@ -276,7 +276,7 @@ def curl_requests(url: str, shares: Sequence[Sequence[Request]]) -> Run:
                                            config.name], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT))
     cpu, codes = 0.0, []
-    for process, config in zip(processes, configs):
+    for process, config in zip(processes, configs, strict=True):
         output, _ = process.communicate(timeout=SUBPROCESS_TIMEOUT)
         codes.append(process.returncode)
         usage = Path(config.name + ".time")

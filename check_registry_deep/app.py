@@ -141,7 +141,7 @@ def remember(scan: ScanResult, coverage: Coverage, access: AccessOptions) -> Sca
     return dataclasses.replace(scan, notes=notes, freshness=coverage.freshness(seen) if coverage.state_file else None)
 
 
-class progress_bar:  # noqa: N801 (used as a context manager, like open())
+class progress_bar:
     """A tqdm bar on stderr for a person at a terminal; nothing otherwise (tqdm is imported only then)."""
 
     def __init__(self, enabled: bool):
@@ -152,7 +152,7 @@ class progress_bar:  # noqa: N801 (used as a context manager, like open())
     def __enter__(self) -> Optional[Callable[[Stage, int, int, int], None]]:
         if not self.enabled:
             return None
-        from tqdm import tqdm  # noqa: PLC0415
+        from tqdm import tqdm
         # a terminal that reports no size (a pty under `script`, some serial consoles) would get no bar at all
         size = shutil.get_terminal_size((100, 20))
         self.bar = tqdm(file=sys.stderr, unit="B", unit_scale=True, leave=False, ncols=size.columns or 100,

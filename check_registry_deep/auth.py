@@ -6,6 +6,7 @@ includes one.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import re
@@ -73,8 +74,8 @@ def docker_config_credentials(registry_host: str, config_dir: Optional[str]) -> 
         if not found:
             return Credentials()
         path = found
-    import docker.auth  # noqa: PLC0415
-    import docker.errors  # noqa: PLC0415
+    import docker.auth
+    import docker.errors
     try:
         config = docker.auth.load_config(config_path=path)
         entry = docker.auth.resolve_authconfig(config, registry=registry_host) or {}
@@ -111,6 +112,22 @@ def scope_for(url: str) -> str:
     """The pull scope of the repository a /v2/ URL addresses ("" for /v2/ itself)."""
     match = re.match(r"/v2/(.+)/(?:manifests|blobs|tags)/", urlsplit(url).path)
     return f"repository:{match.group(1)}:pull" if match else ""
+
+
+def basic_authorization(username: str, password: str) -> str:
+    """The Authorization value of HTTP Basic auth (RFC 7617), in UTF-8 as docker login sends it."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+
+class BasicAuth(requests.auth.AuthBase):
+    """HTTP Basic auth for a token realm's request (requests' own encodes in Latin-1, and fails beyond it)."""
+
+    def __init__(self, username: str, password: str):
+        self.username, self.password = username, password
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = basic_authorization(self.username, self.password)
+        return request
 
 
 @dataclass
@@ -150,7 +167,7 @@ class RegistryAuth(requests.auth.AuthBase):
         if challenge is None:
             return None
         if challenge[0] == "basic":
-            return requests.auth._basic_auth_str(self.credentials.username, self.credentials.password) \
+            return basic_authorization(self.credentials.username, self.credentials.password) \
                 if self.credentials.password else None
         if token and token.expires > time.monotonic():
             return f"Bearer {token.value}"
@@ -193,7 +210,7 @@ class RegistryAuth(requests.auth.AuthBase):
                     data={**query, "grant_type": "refresh_token", "refresh_token": creds.identity_token,
                           "client_id": "check_registry_deep"})
             else:
-                auth = requests.auth.HTTPBasicAuth(creds.username, creds.password) if creds.password else NO_AUTH
+                auth = BasicAuth(creds.username, creds.password) if creds.password else NO_AUTH
                 response = self.transport.request("GET", realm, auth=auth, params=query, read_timeout=TOKEN_TIMEOUT)
         except TLSError as exc:
             raise TLSError(f"token service of {self.registry}: {exc}") from None

@@ -276,7 +276,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         metrics_file = options.metrics_file
         if metrics_file:  # prometheus_client (some 50 ms) only for --metrics-file, and before the watchdog needs it
-            from .metrics import load  # noqa: PLC0415
+            from .metrics import load
             load()
         verbose = options.verbose
         _configure_logging(verbose)
@@ -338,7 +338,7 @@ def publish(path: Optional[str], output: str, exitcode: int, started: float) -> 
     """After a run that never got to app.py: metrics.publish, imported only for --metrics-file."""
     if not path:
         return output, exitcode
-    from .metrics import publish as write  # noqa: PLC0415
+    from .metrics import publish as write
     return write(path, output, exitcode, started)
 
 

@@ -5,11 +5,12 @@ The way there (session, TLS, redirects, auth, statuses as errors) is transport.p
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple
+from typing import Any, Callable, Iterator, Optional, Tuple
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -20,6 +21,7 @@ from .deadline import Deadline
 from .errors import (
     BlobUnknown,
     HTTPStatusError,
+    InternalError,
     ManifestInvalid,
     ManifestUnknown,
     ShortBody,
@@ -40,11 +42,51 @@ class FetchedManifest:
     declared_digest: Optional[str]  # the registry's Docker-Content-Digest, if it sent one
 
 
+#: How bodies are read as their bytes arrive (`read_path`): urllib3's public read1 (urllib3 2.2 and later),
+#: or, where urllib3 has none (1.26 in Debian bookworm), the one shim below.
+PUBLIC_READ1 = "urllib3 HTTPResponse.read1"
+LEGACY_SHIM = "http.client read1 under urllib3 without read1 (Urllib3WithoutRead1)"
+
+
+class Urllib3WithoutRead1:
+    """The shim for urllib3 before 2.2 (1.26 in Debian bookworm), which has no read1: read the http.client
+    response under urllib3's (its private `_fp`, the one place the package touches urllib3's internals), and
+    hand the drained connection back to the pool, which urllib3's own read would have done; closing the
+    response instead closes the connection, and every next request would pay a new one."""
+
+    def __init__(self, raw: Any):
+        fp: Any = getattr(raw, "_fp", None)
+        if not callable(getattr(fp, "read1", None)):  # no way to read what arrived without waiting for more
+            raise InternalError(f"urllib3 {urllib3.__version__}: no read1, and no http.client response under it")
+        self.raw, self.fp = raw, fp
+
+    def __call__(self, size: int) -> bytes:
+        chunk = self.fp.read1(size)
+        if not chunk and isinstance(self.fp, http.client.HTTPResponse) and (self.fp.isclosed() or
+                                                                             self.fp.length == 0):
+            self.fp.close()  # read1 leaves a drained response open; read() would have closed it here
+            self.raw.release_conn()
+        return chunk
+
+
+def read_path(raw: Any) -> str:
+    """Which way `raw` (a urllib3 response) is read: PUBLIC_READ1 or LEGACY_SHIM."""
+    return PUBLIC_READ1 if callable(getattr(raw, "read1", None)) else LEGACY_SHIM
+
+
 class BlobResponse:
-    """An open blob body, read raw (never decoded) and never beyond `limit` bytes (a verify.BlobStream)."""
+    """An open blob body, read raw (never decoded) and never beyond `limit` bytes (a verify.BlobStream).
+
+    Each read hands over what has arrived, up to its size (one read of the socket): when the body then
+    stalls, nothing that came is lost (a read of `size` bytes would drop its partial chunk with its timeout).
+    """
 
     def __init__(self, response: requests.Response, limit: Optional[int], peer: Peer):
         self._response = response
+        raw: Any = response.raw  # urllib3's HTTPResponse (the request streams)
+        self._read_some: Callable[[int], bytes] = (
+            functools.partial(raw.read1, decode_content=False) if read_path(raw) == PUBLIC_READ1
+            else Urllib3WithoutRead1(raw))
         self.limit = limit
         self.peer = peer  # who is sending it, for a connection lost on the way
         self.received = 0
@@ -63,8 +105,9 @@ class BlobResponse:
         try:
             chunk = self._read_some(size)
         except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
-            short = exc if isinstance(exc, http.client.IncompleteRead) else next(
-                (a for a in getattr(exc, "args", ()) if isinstance(a, http.client.IncompleteRead)), None)
+            # urllib3's read wraps what http.client raised: ProtocolError("Connection broken", IncompleteRead)
+            cause = next((a for a in exc.args if isinstance(a, BaseException)), exc)
+            short = cause if isinstance(cause, http.client.IncompleteRead) else None
             if short is not None:  # the body ended before its Content-Length
                 # urllib3 2 counts every byte of the response so far; http.client hands over the lost bytes
                 got = short.partial if isinstance(short.partial, int) else self.received + len(short.partial)
@@ -73,28 +116,8 @@ class BlobResponse:
             if isinstance(exc, (urllib3.exceptions.ReadTimeoutError, TimeoutError)):  # nothing came for a while
                 raise Stalled(f"stalled after {self.received} bytes", self.received) from None
             raise TransportError(self.peer.failed(plain_reason(exc), after=self.received)) from None
-        if not chunk:
-            self._release()
         self.received += len(chunk)
         return chunk
-
-    def _release(self) -> None:
-        """The body was read to its end: its connection goes back to the pool for the next request. Reading
-        http.client's response directly (below) bypasses urllib3, which would have done this; closing the
-        response instead closes the connection, and every next request paid a new one (a round trip more
-        each behind a WAN, and the registry's CPU for the handshake)."""
-        fp = getattr(self._response.raw, "_fp", None)
-        if isinstance(fp, http.client.HTTPResponse) and (fp.isclosed() or fp.length == 0):
-            fp.close()  # read1 leaves a drained response open; read() would have closed it here
-            self._response.raw.release_conn()
-
-    def _read_some(self, size: int) -> bytes:
-        """Raw bytes as they arrive, up to `size` (one read of the socket): when the body then stalls, nothing
-        that came is lost (a read of `size` bytes would drop its partial chunk with its timeout)."""
-        fp = getattr(self._response.raw, "_fp", None)  # urllib3's http.client response, when there is one
-        if isinstance(fp, http.client.HTTPResponse):
-            return fp.read1(size)
-        return self._response.raw.read(size, decode_content=False)
 
 
 def _read_capped(response: requests.Response, what: str, peer: Peer) -> bytes:

@@ -65,13 +65,13 @@ def check_label(path: str) -> str:
 def load() -> None:
     """Import prometheus_client now: the watchdog may have to write the file while the main thread holds an
     import lock."""
-    import prometheus_client  # noqa: F401, PLC0415
-    import prometheus_client.parser  # noqa: F401, PLC0415
+    import prometheus_client
+    import prometheus_client.parser  # noqa: F401
 
 
 def previous_success(path: str) -> Optional[float]:
     """The last fully OK run's time, from the file an earlier run wrote (None if there is none to read)."""
-    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+    from prometheus_client.parser import text_string_to_metric_families
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
@@ -85,7 +85,7 @@ def previous_success(path: str) -> Optional[float]:
 
 
 def exposition(run: RunMetrics, check: str, last_success: Optional[float]) -> bytes:
-    from prometheus_client import CollectorRegistry, Gauge, generate_latest  # noqa: PLC0415
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
     registry = CollectorRegistry(auto_describe=False)
 
     def gauge(name: str, documentation: str, value: Optional[float]) -> None:

@@ -15,14 +15,8 @@ from .errors import CheckError, DeadlineExceeded
 from .reference import Digest, ImageRef, Platform
 
 
-class _Word(str, enum.Enum):
+class _Word(enum.StrEnum):
     """An enum whose members are their words, in f-strings and JSON alike."""
-
-    def __str__(self) -> str:
-        return str(self.value)
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self.value), spec)
 
 
 class Kind(_Word):

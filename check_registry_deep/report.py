@@ -40,7 +40,7 @@ def table(scan: ScanResult) -> str:
     cells = [header] + [(r["image"], r["platform"] or "-", str(len(r["blobs"])), human_bytes(r["bytes"]),
                          f"{r['seconds']:.1f}s", (r["unjudged"] or r["state"]).upper()) for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
                      for row in cells) + "\n"
 
 
@@ -67,7 +67,7 @@ def to_json(scan: ScanResult, state: str, summary: str) -> str:
         "notes": list(scan.notes), "oldest_verification": scan.oldest_verification,
         "images": image_rows(scan), "content": content,
         "broken": [{"subject": row["subject"], "kind": row["kind"], "error": row["error"], "breaks": row["affects"],
-                    "line": describe(item)} for row, item in zip(content, items) if row["error"]],
+                    "line": describe(item)} for row, item in zip(content, items, strict=True) if row["error"]],
         "to_repush": sorted({str(t.image) for item in items if item.error is not None for t in item.affected}),
     }
     return json.dumps(document, indent=2) + "\n"

@@ -87,7 +87,7 @@ class Retrier:
                 raise fault
             return operation()
 
-        import tenacity  # noqa: PLC0415 (deferred: see above)
+        import tenacity  # deferred: see above
 
         retries = 0
 

@@ -45,9 +45,9 @@ class CosignKey:
 
     def verifies(self, signature: bytes, message: bytes) -> bool:
         """Whether `signature` is this key's over `message` (SHA-256 prehash; Ed25519 signs the message)."""
-        from cryptography.exceptions import InvalidSignature  # noqa: PLC0415 (only with a key)
-        from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
-        from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa  # noqa: PLC0415
+        from cryptography.exceptions import InvalidSignature  # only with a key
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
         try:
             if isinstance(self.public_key, ec.EllipticCurvePublicKey):
@@ -68,8 +68,8 @@ def load_public_key(path: str) -> CosignKey:
             pem = file.read(64 * 1024)
     except OSError as exc:
         raise UsageError(f"cannot read cosign key {path}: {exc.strerror or exc}") from None
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa  # noqa: PLC0415 (only with a key)
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa  # only with a key
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     if b"PRIVATE KEY-----" in pem:
         raise UsageError(f"cosign key {path}: expected the PEM public key, got a private key (give the .pub file)")

@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 
 import requests
 
-from .registry import LocalRegistry, free_port, stop_process
+from .registry import LocalRegistry, OnLoopback, free_port, stop_process
 
 NGINX_BINARY = os.environ.get("NGINX_BINARY", "/usr/sbin/nginx")
 #: What each request's access-log line carries; `cache` is nginx's $upstream_cache_status (HIT, MISS, ...).
@@ -59,7 +59,7 @@ http {{
     }}
 
     server {{
-        listen 127.0.0.1:{port};
+        listen {host};
         client_max_body_size 0;
         proxy_http_version 1.1;
         proxy_set_header Connection "";
@@ -89,7 +89,7 @@ class NginxError(RuntimeError):
     pass
 
 
-class CachingProxy:
+class CachingProxy(OnLoopback):
     """nginx caching the blobs of `upstream` (a started LocalRegistry); a context manager that always stops it."""
 
     def __init__(self, workdir: Path, upstream: LocalRegistry, *, port: Optional[int] = None):
@@ -101,18 +101,10 @@ class CachingProxy:
         self.error_log_path = self.workdir / "error.log"
         self.process: Optional[subprocess.Popen] = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
     def config(self) -> str:
         # as root, nginx would hand its workers to `nobody`, who cannot enter a private temp dir
         user = "user root root;" if os.geteuid() == 0 else ""
-        return CONFIG.format(dir=self.workdir, port=self.port, upstream=self.upstream.host, user=user,
+        return CONFIG.format(dir=self.workdir, host=self.host, upstream=self.upstream.host, user=user,
                              log_format=LOG_FORMAT, blob_path=BLOB_PATH)
 
     def start(self, wait: float = 10.0) -> CachingProxy:

@@ -15,14 +15,14 @@ from typing import Dict, List, Optional, Sequence
 
 import requests
 
-from .registry import free_port, stop_process
+from .registry import OnLoopback, free_port, stop_process
 
 NODE_EXPORTER = os.environ.get("NODE_EXPORTER_BINARY", "/usr/bin/prometheus-node-exporter")
 PROMETHEUS = os.environ.get("PROMETHEUS_BINARY", "/usr/bin/prometheus")
 ALERTMANAGER = os.environ.get("ALERTMANAGER_BINARY", "/usr/bin/prometheus-alertmanager")
 
 
-class _Daemon:
+class _Daemon(OnLoopback):
     """A loopback daemon: started with `argv()`, ready when `ready_path` answers 200, stopped by its PID."""
 
     name = "daemon"
@@ -34,14 +34,6 @@ class _Daemon:
         self.port = free_port()
         self.log_path = self.workdir / f"{self.name}.log"
         self.process: Optional[subprocess.Popen] = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def argv(self) -> List[str]:
         raise NotImplementedError
@@ -89,7 +81,7 @@ class NodeExporter(_Daemon):
         self.textfile_dir = Path(textfile_dir)
 
     def argv(self) -> List[str]:
-        return [NODE_EXPORTER, f"--web.listen-address={self.address}", "--collector.disable-defaults",
+        return [NODE_EXPORTER, f"--web.listen-address={self.host}", "--collector.disable-defaults",
                 "--collector.textfile", f"--collector.textfile.directory={self.textfile_dir}"]
 
     def scrape(self) -> str:
@@ -119,7 +111,7 @@ class LocalPrometheus(_Daemon):
         path = self.workdir / "prometheus.yml"
         path.write_text(json.dumps(config, indent=1))  # JSON is YAML
         return [PROMETHEUS, f"--config.file={path}", f"--storage.tsdb.path={self.workdir / 'data'}",
-                f"--web.listen-address={self.address}"]
+                f"--web.listen-address={self.host}"]
 
     def api(self, path: str, **params: str) -> dict:
         response = requests.get(f"{self.url}/api/v1/{path}", params=params, timeout=10)
@@ -169,4 +161,4 @@ class LocalAlertmanager(_Daemon):
         path = self.workdir / "alertmanager.yml"
         path.write_text(self.config)
         return [ALERTMANAGER, f"--config.file={path}", f"--storage.path={self.workdir / 'data'}",
-                f"--web.listen-address={self.address}", "--cluster.listen-address="]
+                f"--web.listen-address={self.host}", "--cluster.listen-address="]

@@ -71,7 +71,26 @@ def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-class LocalRegistry:
+class OnLoopback:
+    """A lab server's address on 127.0.0.1: from its `port`, `host` (HOST:PORT, as configs and clients name it)
+    and `url`."""
+
+    port: int
+
+    @property
+    def scheme(self) -> str:
+        return "http"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}"
+
+
+class LocalRegistry(OnLoopback):
     """docker-registry serving `storage` on 127.0.0.1:<free port>; a context manager that always stops it."""
 
     def __init__(self, workdir: Path, *, storage: Optional[Path] = None, config: Optional[dict] = None,
@@ -88,12 +107,8 @@ class LocalRegistry:
         self.session = requests.Session()
 
     @property
-    def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     def config(self) -> dict:
         """No blob-descriptor cache (the tests damage storage under it), deletes on, JSON access log on."""
@@ -102,7 +117,7 @@ class LocalRegistry:
             "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
             "storage": {"filesystem": {"rootdirectory": str(self.storage)}, "delete": {"enabled": True},
                         "maintenance": {"uploadpurging": {"enabled": False}}},
-            "http": {"addr": f"127.0.0.1:{self.port}", "secret": "registry-lab-not-a-secret"},
+            "http": {"addr": self.host, "secret": "registry-lab-not-a-secret"},
             # 2.8 refuses foreign layers unless their URLs are allowed; the sentinels carry one
             "validation": {"manifests": {"urls": {"allow": ["^https://foreign\\.invalid/"]}}},
         }
@@ -272,7 +287,7 @@ class ObjectStoreRegistry(LocalRegistry):
         return f"{STORAGE_PREFIX}/blobs/{algorithm}/{hexpart[:2]}/{hexpart}/data"
 
 
-class SilentServer:
+class SilentServer(OnLoopback):
     """A loopback socket that accepts connections and never answers: the stalled registry of timeout tests."""
 
     def __init__(self) -> None:
@@ -283,10 +298,6 @@ class SilentServer:
         self.accepted: List[socket.socket] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def _accept(self) -> None:
         self.sock.settimeout(0.2)

@@ -30,7 +30,7 @@ from xml.sax.saxutils import escape
 import requests
 
 from .faults import Exchange, Fault, FaultProxy, Respond
-from .registry import ObjectStoreRegistry, free_port, start_daemon, stop_process
+from .registry import ObjectStoreRegistry, OnLoopback, free_port, start_daemon, stop_process
 
 ACCESS_KEY = "registry-lab"
 SECRET_KEY = "registry-lab-not-a-secret"
@@ -46,7 +46,7 @@ def s3_available() -> Optional[str]:
     return None
 
 
-class MotoServer:
+class MotoServer(OnLoopback):
     """moto's S3 server on 127.0.0.1:<free port>, its log in `workdir`; a context manager that always stops it."""
 
     def __init__(self, workdir: Path):
@@ -55,10 +55,6 @@ class MotoServer:
         self.port = free_port()
         self.log_path = self.workdir / "moto.log"
         self.process: Optional[subprocess.Popen] = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: float = 30.0) -> MotoServer:
         self.process = start_daemon([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
@@ -150,7 +146,7 @@ class S3Front(FaultProxy):
             return 400, "InvalidArgument", ONE_AUTH
         try:
             signed_at = datetime.datetime.strptime(query.get("X-Amz-Date", ""), "%Y%m%dT%H%M%SZ").replace(
-                tzinfo=datetime.timezone.utc).timestamp()
+                tzinfo=datetime.UTC).timestamp()
             expires = int(query.get("X-Amz-Expires", ""))
         except ValueError:
             return 400, "AuthorizationQueryParametersError", "X-Amz-Date and X-Amz-Expires must be given"
@@ -171,7 +167,7 @@ class Bucket:
     """Objects in one bucket at moto, reached directly (not through the front): how the lab damages storage."""
 
     def __init__(self, moto_url: str, name: str):
-        import boto3  # noqa: PLC0415 (only the S3 lab needs it: it comes with moto)
+        import boto3  # only the S3 lab needs it: it comes with moto
         self.name = name
         self.client: Any = boto3.client("s3", endpoint_url=moto_url, aws_access_key_id=ACCESS_KEY,
                                         aws_secret_access_key=SECRET_KEY, region_name=REGION)

@@ -73,11 +73,11 @@ class LoopbackServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 outer.requests.append({"method": self.command, "path": self.path, **dict(self.headers)})
                 handle(self)
 
-            do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET  # noqa: N815
+            do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
 
             def log_message(self, *args):
                 pass

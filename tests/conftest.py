@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from check_registry_deep.cli import WATCHDOG_GRACE  # noqa: E402
+from check_registry_deep.transport import CONNECT_TIMEOUT  # noqa: E402
 from registry_lab import ImageSet, LocalRegistry, seed_sentinels  # noqa: E402
 from registry_lab.icinga import private_dir  # noqa: E402
 from registry_lab.images import Layer, random_bytes, write_schema1  # noqa: E402
@@ -44,6 +47,28 @@ def run_command(command: List[str], *, timeout: float, env: dict, cwd: str | Non
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd,
                           stdin=subprocess.DEVNULL)
     return PluginRun(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+
+
+#: Seconds a plugin run may take on the wall clock beyond what -t counts: the interpreter's start before main()
+#: and its exit. About 0.2 s on an idle machine, 0.4 s at load 7 on 2 CPUs, over 1.5 s at load 15; kept well
+#: below the connect timeout, so that a run waiting on a silent server instead of its deadline still fails.
+STARTUP_ALLOWANCE = 4.0
+assert WATCHDOG_GRACE + STARTUP_ALLOWANCE < CONNECT_TIMEOUT / 2
+
+
+def own_time(run: PluginRun) -> Optional[float]:
+    """The seconds a run counted itself, from main() (its `time` perfdata; the watchdog's line has none)."""
+    measured = re.search(r" time=([0-9.]+)s;", run.first)
+    return float(measured.group(1)) if measured else None
+
+
+def assert_answered_in_time(run: PluginRun, seconds: float) -> None:
+    """A run with -t `seconds` answered within the watchdog's grace past its deadline: counted from main() by
+    the run's own time (where it has none, the watchdog answered, at that bound), and on the wall clock from
+    the process's start, which adds the interpreter's start and exit."""
+    counted = own_time(run)
+    assert counted is None or counted < seconds + WATCHDOG_GRACE, run.first
+    assert run.seconds < seconds + WATCHDOG_GRACE + STARTUP_ALLOWANCE, run.seconds
 
 
 def run_plugin(*args: str, timeout: float = 120, env: dict | None = None) -> PluginRun:

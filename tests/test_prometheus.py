@@ -276,7 +276,7 @@ def test_a_real_prometheus_with_the_rules_fires_on_the_broken_image(plugin, dama
                                                                      node_exporter):
     args = ["-R", damaged.url, *image_args(lab.images.refs()), "--metrics-file", str(textfile / "sentinels.prom")]
     assert plugin(*args).code == 0
-    with LocalPrometheus(tmp_path / "prometheus", [node_exporter.address], [RULES]) as prometheus:
+    with LocalPrometheus(tmp_path / "prometheus", [node_exporter.host], [RULES]) as prometheus:
         prometheus.wait_for_sample('registry_deep_state{check="sentinels"} == 0')
         assert not [a for a in prometheus.alerts() if a["labels"]["alertname"].startswith("RegistryDeep")]
 
@@ -294,7 +294,7 @@ def test_a_real_prometheus_with_the_rules_fires_on_the_broken_image(plugin, dama
         assert plugin("--bogus", "--metrics-file", str(textfile / "misconfigured.prom")).code == 3
         alert = prometheus.wait_for_alert("RegistryDeepCheckNotFinishing", check="misconfigured")
         assert alert["annotations"]["summary"] == \
-            f"check_registry_deep misconfigured on {node_exporter.address} has not finished a fully OK run yet"
+            f"check_registry_deep misconfigured on {node_exporter.host} has not finished a fully OK run yet"
 
 
 @pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool is not installed (prometheus-alertmanager)")
@@ -331,14 +331,14 @@ def test_a_broken_image_reaches_the_oncall_webhook_through_the_example_alertmana
     assert plugin(*args).code == 2
     with WebhookReceiver() as webhook, \
             LocalAlertmanager(tmp_path / "alertmanager", example_alertmanager_config(f"{webhook.url}/page")) as am, \
-            LocalPrometheus(tmp_path / "prometheus", [node_exporter.address], [RULES], [am.address]):
+            LocalPrometheus(tmp_path / "prometheus", [node_exporter.host], [RULES], [am.host]):
         alert = webhook.wait_for_alert("RegistryDeepImageBroken", log=am.log, image="apps/legacy:2.0",
                                        platform="linux/386")
     assert webhook.requests[0]["path"] == "/page"
     assert alert["labels"]["registry"] == damaged.url and alert["labels"]["check"] == "sentinels"
     assert alert["annotations"] == {
         "summary": f"{damaged.url} serves a broken image: apps/legacy:2.0 (linux/386)",
-        "description": f"check_registry_deep (sentinels on {node_exporter.address}) could not pull every blob of "
+        "description": f"check_registry_deep (sentinels on {node_exporter.host}) could not pull every blob of "
                        f"this image intact in its last run: layer {golden[:19]}… truncated: Content-Length says "
                        "4096 of 1048576 bytes."}
     paged = {(a["labels"]["image"], a["labels"].get("platform", "")) for payload in webhook.payloads

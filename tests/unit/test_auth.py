@@ -12,6 +12,7 @@ import responses
 from check_registry_deep.auth import (
     PASSWORD_ENV,
     Credentials,
+    basic_authorization,
     load_credentials,
     parse_challenge,
     scope_for,
@@ -144,6 +145,26 @@ def test_plain_http_realm_for_https_registry_gets_no_credentials(mock):
     with pytest.raises(AuthError, match="token realm is plain http while the registry is https"):
         client(Credentials("alice", SECRET)).get_manifest("team/app", "1")
     assert not [c for c in mock.calls if "5001" in c.request.url]
+
+
+def test_the_basic_header_is_built_here_in_utf8_for_the_registry_and_the_token_realm_alike(mock):
+    """No private requests helper: the header is ours, UTF-8 as docker login sends it (requests' helper
+    encodes in Latin-1 and raised UnicodeEncodeError beyond it)."""
+    assert basic_authorization("alice", SECRET) == "Basic YWxpY2U6cGE1NS1Xb3JkLXNlY3JldA=="
+    assert basic_authorization("jürgen", "пароль") == "Basic " + base64.b64encode(
+        "jürgen:пароль".encode()).decode()
+    mock.add(responses.GET, MANIFEST_URL, status=401, headers={"WWW-Authenticate": 'Basic realm="lab"'})
+    mock.add(responses.GET, MANIFEST_URL, body=BODY, status=200)
+    client(Credentials("jürgen", "пароль")).get_manifest("team/app", "1")
+    assert [c.request.headers.get("Authorization") for c in mock.calls] == [
+        None, basic_authorization("jürgen", "пароль")]
+    mock.add(responses.GET, f"{REGISTRY}/v2/team/web/manifests/1", status=401,
+             headers={"WWW-Authenticate": BEARER.replace("team/app", "team/web")})
+    mock.add(responses.GET, REALM, json={"token": "tok"})
+    mock.add(responses.GET, f"{REGISTRY}/v2/team/web/manifests/1", body=BODY, status=200)
+    client(Credentials("jürgen", "пароль")).get_manifest("team/web", "1")
+    realm_call = next(c for c in mock.calls if c.request.url.startswith(REALM))
+    assert realm_call.request.headers["Authorization"] == basic_authorization("jürgen", "пароль")
 
 
 def test_basic_challenge_without_credentials_is_refused(mock):

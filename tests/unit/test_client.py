@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 import time
 from typing import Iterator
@@ -10,16 +12,20 @@ from typing import Iterator
 import pytest
 import requests
 import responses
+import urllib3
 
-from check_registry_deep.client import RegistryClient
+from check_registry_deep.client import LEGACY_SHIM, PUBLIC_READ1, RegistryClient, Urllib3WithoutRead1, read_path
 from check_registry_deep.deadline import Deadline
 from check_registry_deep.errors import (
     AuthError,
     BlobUnknown,
     HTTPStatusError,
+    InternalError,
     ManifestInvalid,
     ManifestUnknown,
     SizeMismatch,
+    Stalled,
+    TransportError,
 )
 from check_registry_deep.manifests import (
     DOCKER_LIST,
@@ -36,6 +42,7 @@ from check_registry_deep.reference import Digest
 from check_registry_deep.retry import RetryPolicy, retry_after
 from check_registry_deep.transport import TLSOptions, tls_failure
 from check_registry_deep.verify import verify_body
+from registry_lab.secure import LoopbackServer
 
 BASE = "http://127.0.0.1:5000"
 BODY = b'{"schemaVersion": 2, "mediaType": "' + DOCKER_MANIFEST.encode() + b'", "layers": []}'
@@ -468,7 +475,7 @@ def test_bodies_read_to_their_end_leave_the_connection_for_the_next_request():
             connections.append(self.client_address)
             super().setup()
 
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             body, kind = (BLOB, "application/octet-stream") if "/blobs/" in self.path else (BODY, DOCKER_MANIFEST)
             self.send_response(200)
             self.send_header("Content-Type", kind)
@@ -491,6 +498,83 @@ def test_bodies_read_to_their_end_leave_the_connection_for_the_next_request():
         server.shutdown()
         server.server_close()
     assert len(connections) == 1, connections
+
+
+# -- reading bodies: urllib3's public read1, or the one shim ----------------------------------------------
+
+def urllib3_version() -> tuple:
+    return tuple(int(part) for part in urllib3.__version__.split(".")[:2])
+
+
+def test_each_library_set_reads_bodies_the_way_it_should():
+    """urllib3 2.2+ (PyPI, trixie's 2.3): its public read1; 1.26 (bookworm), which has none: the named shim."""
+    expected = PUBLIC_READ1 if urllib3_version() >= (2, 2) else LEGACY_SHIM
+    if urllib3.__version__.startswith("1.26."):
+        assert expected == LEGACY_SHIM
+    with responses.RequestsMock() as mock:
+        mock.add(responses.GET, BLOB_URL, body=BLOB)
+        client = make_client()
+        with client.open_blob("team/app", BLOB_DIGEST, None) as body:
+            assert read_path(body._response.raw) == expected
+            assert b"".join(iter(lambda: body.read(1000), b"")) == BLOB
+
+
+def partial_body(length: int, then):
+    """A LoopbackServer handler: a 200 declaring all of BLOB, its first `length` bytes, then `then(handler)`."""
+
+    def handle(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(BLOB)))
+        handler.end_headers()
+        handler.wfile.write(BLOB[:length])
+        handler.wfile.flush()
+        then(handler)
+
+    return handle
+
+
+def test_a_body_that_stalls_keeps_every_byte_that_came_before_the_stall():
+    """A real socket: 3,000 bytes of 10,240, then nothing. The read hands over the 3,000 at once (one read of
+    the socket, on either path), and the next one is a Stall that counts them: none lost with the timeout."""
+    release = threading.Event()
+    with LoopbackServer(partial_body(3000, lambda handler: release.wait(10))) as server:
+        try:
+            client = RegistryClient(server.url, Deadline(10), retry=FAST)
+            with client.open_blob("team/app", BLOB_DIGEST, None, stall=0.3) as body:
+                assert body.read(1 << 20) == BLOB[:3000]
+                with pytest.raises(Stalled) as caught:
+                    body.read(1 << 20)
+        finally:
+            release.set()
+    assert (caught.value.reached, body.received) == (3000, 3000)
+
+
+def test_a_response_without_any_read1_is_an_internal_error_not_a_silent_fallback():
+    class NoRead1:
+        _fp = None
+
+    with pytest.raises(InternalError, match="no read1, and no http.client response under it"):
+        Urllib3WithoutRead1(NoRead1())
+
+
+def test_a_reset_mid_body_is_named_as_such_on_either_path():
+    """urllib3's read1 wraps the socket's error in ProtocolError("Connection broken: ..."): the words are still
+    the socket's own, as when http.client was read directly."""
+    read = threading.Event()
+
+    def reset(handler):
+        read.wait(10)  # the 100 bytes were read, on their own: now the reset
+        handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        handler.connection.close()
+
+    with LoopbackServer(partial_body(100, reset)) as server:
+        client = RegistryClient(server.url, Deadline(10), retry=FAST)
+        with client.open_blob("team/app", BLOB_DIGEST, None, stall=5) as body:
+            assert body.read(1 << 20) == BLOB[:100]
+            read.set()
+            with pytest.raises(TransportError) as caught:
+                body.read(1 << 20)
+    assert str(caught.value) == f"connection reset by 127.0.0.1:{server.port} after 100 bytes"
 
 
 # -- the storage behind a redirect: its answer is its own, and says so -----------------------------------

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import ast
 import configparser
-import importlib.util
 import re
 import sys
-import sysconfig
+from importlib.metadata import packages_distributions
 from pathlib import Path
 from typing import Dict, List
 
@@ -66,22 +65,11 @@ def imported(*, top_level_only: bool = False) -> Dict[str, List[str]]:
 
 
 def is_stdlib(name: str) -> bool:
-    if hasattr(sys, "stdlib_module_names"):  # 3.10+
-        return name in sys.stdlib_module_names
-    if name in sys.builtin_module_names:  # 3.9: where it is installed tells
-        return True
-    spec = importlib.util.find_spec(name)
-    origin = (spec.origin or "") if spec else ""
-    return origin.startswith(sysconfig.get_paths()["stdlib"]) and "-packages" not in origin
+    return name in sys.stdlib_module_names
 
 
 def distribution_of(name: str) -> str:
-    """The distribution that provides import `name` (docker -> docker, yaml -> PyYAML): from the installed
-    metadata where Python has the map (3.10+), else the import name itself."""
-    try:
-        from importlib.metadata import packages_distributions  # noqa: PLC0415 (3.10+)
-    except ImportError:
-        return _normalized(name)
+    """The distribution that provides import `name` (docker -> docker, yaml -> PyYAML), from installed metadata."""
     return _normalized(packages_distributions().get(name, [name])[0])
 
 
