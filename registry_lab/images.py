@@ -7,8 +7,10 @@ several repositories, as real fleets do: the layer whose truncation broke almost
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import random
+import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -132,6 +134,26 @@ def write_schema1(registry: LocalRegistry, repository: str, tag: str, layers: Se
     body = json.dumps(payload, indent=3).encode()
     digest = registry.write_manifest_on_disk(repository, tag, body)
     return Image(repository, tag, digest, SCHEMA1_SIGNED, tuple(layer.digest for layer in layers))
+
+
+def tar_layer(files: Dict[str, bytes]) -> Tuple[Layer, str]:
+    """A gzipped tar of `files` (path -> content, fixed times and owners) and its diff ID (the tar's digest)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, content in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(content), 0o644
+            tar.addfile(info, io.BytesIO(content))
+    return Layer(gzip.compress(buffer.getvalue(), mtime=0)), sha256(buffer.getvalue())
+
+
+def push_unpackable_image(registry: LocalRegistry, repository: str, tag: str, files: Dict[str, bytes]) -> Image:
+    """An image a container engine can pull and unpack (podman checks each layer against the config's diff ID),
+    unlike the sentinels, whose layers are random bytes."""
+    layer, diff_id = tar_layer(files)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}, sort_keys=True).encode()
+    return push_image(registry, repository, tag, [layer], config=config)
 
 
 @dataclass
