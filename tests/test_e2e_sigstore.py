@@ -16,15 +16,9 @@ from typing import Dict, Optional, Tuple
 import pytest
 
 from registry_lab import LocalRegistry
-from registry_lab import images as lab_images
 from registry_lab.artifacts import fallback_tag
-from registry_lab.images import mount_blob
-
-# The trixie chroot and the unpackable images come with the Debian 13 issue (registry_lab/chroot.py): until it is
-# on this branch, this test is skipped, and runs as soon as it is.
-chroot = pytest.importorskip("registry_lab.chroot", reason="needs registry_lab/chroot.py (the Debian 13 issue)")
-if not hasattr(lab_images, "push_unpackable_image"):
-    pytest.skip("needs registry_lab.images.push_unpackable_image (the Debian 13 issue)", allow_module_level=True)
+from registry_lab.chroot import Chroot, signing_chroot
+from registry_lab.images import mount_blob, push_unpackable_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.trixie]
 
@@ -51,7 +45,7 @@ CASES: Dict[str, Tuple[Optional[str], str]] = {
 }
 
 
-def podman(root, registry: LocalRegistry, repository: str, key: str, storage: str) -> Tuple[bool, str]:
+def podman(root: Chroot, registry: LocalRegistry, repository: str, key: str, storage: str) -> Tuple[bool, str]:
     """Pull under a policy that requires a sigstore signature by `key`; (succeeded, podman's last words)."""
     policy = f"/work/policy-{storage}.json"
     root.path(policy).write_text(json.dumps({
@@ -66,7 +60,8 @@ def podman(root, registry: LocalRegistry, repository: str, key: str, storage: st
     return done.returncode == 0, words
 
 
-def sign_copy(root, registry: LocalRegistry, source: str, destination: str, key: str = "/work/key") -> None:
+def sign_copy(root: Chroot, registry: LocalRegistry, source: str, destination: str, key: str = "/work/key"
+              ) -> None:
     root.run(["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
               "--sign-by-sigstore-private-key", f"{key}.private", "--sign-passphrase-file", "/work/passphrase",
               f"docker://{registry.host}/{source}:1", f"docker://{registry.host}/{destination}:1"])
@@ -78,7 +73,7 @@ def sig_manifest(registry: LocalRegistry, repository: str, digest: str) -> dict:
 
 
 def test_the_plugin_agrees_with_podman_on_every_case(plugin, tmp_path: Path) -> None:
-    with LocalRegistry(tmp_path / "registry") as registry, chroot.signing_chroot(tmp_path / "chroot") as root:
+    with LocalRegistry(tmp_path / "registry") as registry, signing_chroot(tmp_path / "chroot") as root:
         work = root.path("/work")
         work.mkdir()
         (work / "passphrase").write_text(PASSPHRASE)
@@ -94,9 +89,9 @@ def test_the_plugin_agrees_with_podman_on_every_case(plugin, tmp_path: Path) -> 
         images: Dict[str, str] = {}
         for case in CASES:
             files = {"etc/motd": f"{case}\n".encode()}
-            source = lab_images.push_unpackable_image(registry, repo(case).replace("lab/", "source/"), "1", files)
+            source = push_unpackable_image(registry, repo(case).replace("lab/", "source/"), "1", files)
             if case == "unsigned":
-                lab_images.push_unpackable_image(registry, repo(case), "1", files)
+                push_unpackable_image(registry, repo(case), "1", files)
             else:  # skopeo copies the manifest as it is: the signed image has the source's digest
                 sign_copy(root, registry, repo(case).replace("lab/", "source/"), repo(case))
             images[case] = source.digest
