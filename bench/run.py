@@ -438,6 +438,9 @@ def part_thousand(bench: Bench) -> Tuple[List[Row], List[Target]]:
     floor = minimum_requests(facts["images"])
     listing = listing_requests(url, "fleet")
     n_images = len(facts["images"])
+    # --referrers on a registry without the API and without artifacts: per image digest one referrers call (404),
+    # the fallback tag and cosign's three tags (all 404)
+    referrers_floor = 5 * n_images  # every fleet image has a digest of its own
     by_list = ["-f", str(images_file)]
     by_discovery = ["--repository", "fleet", "--all-tags"]
     bench.plugin(url, by_list, images=n_images)  # warm-up
@@ -453,8 +456,12 @@ def part_thousand(bench: Bench) -> Tuple[List[Row], List[Target]]:
         found = observe(lambda: bench.plugin(url, by_discovery, images=n_images))
         bench.sample("k.discovery", found.seconds)
         bench.sample("k.discovery_requests", found.requests)
+        attached = observe(lambda: bench.plugin(url, [*by_list, "--referrers"], images=n_images))
+        bench.sample("k.referrers", attached.seconds)
+        bench.sample("k.referrers_requests", attached.requests)
         print(f"  thousand {rep + 1}/{bench.reps}: plugin {result.seconds:.2f}s ({result.requests} requests), "
-              f"discovery {found.seconds:.2f}s, 4 curls {curl.seconds:.2f}s ({load()})", flush=True)
+              f"discovery {found.seconds:.2f}s, --referrers {attached.seconds:.2f}s ({attached.requests} requests), "
+              f"4 curls {curl.seconds:.2f}s ({load()})", flush=True)
     m = bench.median
     plugin, curl4, requests = m("k.plugin"), m("k.curl4"), m("k.plugin_requests")
     cpu_ms = m("k.plugin_cpu") / requests * 1000
@@ -473,6 +480,9 @@ def part_thousand(bench: Bench) -> Tuple[List[Row], List[Target]]:
         (f"same through `--repository fleet --all-tags`, {m('k.discovery_requests'):,.0f} requests "
          f"(floor {len(floor) + listing:,})", f"{m('k.discovery'):.2f} s", f"by list: {plugin:.2f} s",
          f"{m('k.discovery') / plugin:.2f}x the list"),
+        (f"same with `--referrers` (no artifacts attached), {m('k.referrers_requests'):,.0f} requests "
+         f"(floor {len(floor) + referrers_floor:,})", f"{m('k.referrers'):.2f} s", f"without: {plugin:.2f} s",
+         f"{m('k.referrers') / plugin:.2f}x the run without"),
     ]
     targets: List[Target] = [
         ("1,000 images: requests <= the floor", requests <= len(floor), f"{requests:,.0f} of {len(floor):,}"),
@@ -482,6 +492,10 @@ def part_thousand(bench: Bench) -> Tuple[List[Row], List[Target]]:
         ("discovery within 10 % of the list", m("k.discovery") <= 1.1 * plugin, f"{m('k.discovery') / plugin:.2f}x"),
         ("discovery: requests <= the floor", m("k.discovery_requests") <= len(floor) + listing,
          f"{m('k.discovery_requests'):,.0f} of {len(floor) + listing:,}"),
+        ("--referrers: requests <= the new floor", m("k.referrers_requests") <= len(floor) + referrers_floor,
+         f"{m('k.referrers_requests'):,.0f} of {len(floor) + referrers_floor:,}"),
+        ("--referrers: <= 1.2x the run without", m("k.referrers") <= 1.2 * plugin,
+         f"{m('k.referrers') / plugin:.2f}x"),
     ]
     return rows, targets
 

@@ -18,13 +18,14 @@ from .client import RegistryClient
 from .coverage import Coverage
 from .deadline import Deadline
 from .errors import UsageError
-from .judge import image_verdicts, judge
+from .judge import image_verdicts, judge, verified_artifacts
 from .metrics import Counts, ImageSample, publish
 from .model import ScanResult
-from .options import AccessOptions, CheckOptions
+from .options import AccessOptions, AttachmentOptions, CheckOptions
 from .origin import MARGIN as ORIGIN_MARGIN
 from .origin import OriginChecker
 from .reference import ImageRef
+from .referrers import Policy
 from .report import table, to_json
 from .scan import Scanner
 from .stages import Stage
@@ -55,7 +56,7 @@ def run_check(options: CheckOptions) -> Tuple[str, int]:
         scanner = Scanner(clients.__getitem__, deadline, workers=options.workers, platforms=options.platforms,
                           discovery=(access.registry, scale.discovery) if scale.discovery and access.registry
                           else None, replicas=scale.replicas, choose_deep=coverage.choose, origin=origin,
-                          progress=progress)
+                          progress=progress, attachments=attachment_policy(options.attachments))
         check = build_check(lambda: remember(scanner.scan(options.images), coverage, access),
                             warning=options.warning, critical=options.critical, timeout_state=options.timeout_state,
                             verbose=options.verbose, max_age=options.max_age,
@@ -81,21 +82,34 @@ def run_check(options: CheckOptions) -> Tuple[str, int]:
     return output, exitcode
 
 
+def attachment_policy(options: AttachmentOptions) -> Policy:
+    """--referrers, --require-signature, --cosign-key as the scan's policy; the key is read here (cryptography is
+    imported only then), and a bad key file is a usage error."""
+    key = None
+    if options.cosign_key:
+        from .signatures import load_public_key  # cryptography only with a key
+        key = load_public_key(options.cosign_key)
+    return Policy(options.referrers, options.require_signature, key)
+
+
 def metrics_of(scan: ScanResult, given: Sequence[Tuple[ImageRef, str]]) -> Tuple[Tuple[ImageSample, ...], Counts]:
     """For --metrics-file: a sample per image (and platform) given with -i/-f, from its verdict (pullable: OK or
     WARNING; none when UNKNOWN, not judged), and counts; images found by discovery are only counted, so the
     series stay bounded."""
     named = {(str(ref), registry) for ref, registry in given}
+    signed = dict(scan.signed) if scan.signed is not None else None
     problems = image_problems(scan)
     samples = tuple(ImageSample(v.target.registry, str(v.target.image), str(v.target.platform or ""),
-                                v.state != CRITICAL, problems.get(v.target, "") if v.state == CRITICAL else "")
+                                v.state != CRITICAL, problems.get(v.target, "") if v.state == CRITICAL else "",
+                                None if signed is None else signed.get(v.target, False))
                     for v in image_verdicts(scan)
                     if (str(v.target.image), v.target.registry) in named and v.state != UNKNOWN)
     given_refs = {ref for ref, _ in given}
     verified = scan.verified_blobs
     broken = [f for f in scan.findings if judge(f) == CRITICAL]
     return samples, Counts(len(scan.images), sum(1 for ref in scan.images if ref not in given_refs), len(broken),
-                           len(verified), sum(f.bytes_read for f in verified), scan.retries, scan.oldest_verification)
+                           len(verified), sum(f.bytes_read for f in verified), scan.retries, scan.oldest_verification,
+                           len(verified_artifacts(scan)) if scan.attachments else None)
 
 
 def make_clients(registries: Sequence[str], deadline: Deadline, workers: int, access: AccessOptions,
@@ -133,6 +147,7 @@ def remember(scan: ScanResult, coverage: Coverage, access: AccessOptions) -> Sca
     """Record what was verified (run_check saves it to the state file); add the run-wide notes and how long ago
     each blob was last verified."""
     seen = [(t.target.registry, d.digest) for t in scan.targets for d in t.blobs if not d.foreign]
+    seen += [(a.target.registry, d.digest) for a in scan.artifacts for d in a.blobs if not d.foreign]
     # keyed by (registry, digest): a blob verified in one registry says nothing of another's copy
     verified_keys = {(t.registry, f.digest) for f in scan.verified_blobs for t in f.affected}
     verified = [key for key in seen if key in verified_keys]

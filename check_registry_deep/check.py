@@ -12,7 +12,7 @@ from typing import Callable, Iterator, List, Optional
 
 import nagiosplugin
 
-from .judge import Judgement, judge, judge_empty
+from .judge import Judgement, judge, judge_empty, verified_artifacts
 from .model import ScanResult
 from .states import CRITICAL, EXIT_CODES, NAME, OK, UNKNOWN, WARNING, plain, status_line, worst
 from .wording import empty_text, fit, long_output, ok_summary, problem_summary
@@ -44,6 +44,8 @@ class RegistryScan(nagiosplugin.Resource):
             yield nagiosplugin.Metric("unverified", result.freshness.never_verified, min=0, context="count")
         if result.oldest_verification is not None:
             yield nagiosplugin.Metric("oldest", round(result.oldest_verification), "s", min=0, context="oldest")
+        if result.attachments:
+            yield nagiosplugin.Metric("artifacts", len(verified_artifacts(result)), min=0, context="count")
         for i, item in enumerate(Judgement(result).listed):
             yield nagiosplugin.Metric(f"finding{i}", item, context="finding")
         for i, empty in enumerate(result.empty):

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .errors import UsageError
-from .options import AccessOptions, CheckOptions, DiscoveryOptions, ScaleOptions
+from .options import AccessOptions, AttachmentOptions, CheckOptions, DiscoveryOptions, ScaleOptions
 from .reference import DOMAIN_RE, REPOSITORY_RE, ImageRef, Platform
 from .states import EXIT_CODES, STATES, UNKNOWN, plain, status_line
 
@@ -93,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
         "plugin's text)")
     add("--metrics-file", metavar="FILE", help="after every run, write Prometheus metrics to FILE (NAME.prom in "
         "node_exporter's textfile directory; NAME becomes the label check), atomically; the output stays the same")
+    add("--referrers", action="store_true", help="also find every artifact attached to each image (OCI referrers "
+        "API, the sha256-HEX fallback tag, cosign's .sig/.att/.sbom tags) and verify it like an image: a listed "
+        "artifact that is gone or broken (an SBOM or signature lost to garbage collection) is CRITICAL")
+    add("--require-signature", action="store_true", help="each image must carry at least one signature (a cosign "
+        "signature, or a referrer of a signature type), else CRITICAL 'not signed'")
+    add("--cosign-key", metavar="FILE", help="PEM public key (ECDSA, RSA, Ed25519): at least one cosign signature "
+        "must verify with it and name the image's digest (implies --require-signature). This checks what the "
+        "registry serves against the key; it does not replace a transparency-log policy (cosign verify)")
     add("-v", "--verbose", action="count", default=0,
         help="more output, repeatable: -v a line per image, -vv progress on stderr, -vvv debug on stderr")
     add("-V", "--version", action="version", version=f"check_registry_deep {__version__}")
@@ -304,7 +312,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         output, exitcode = run_check(CheckOptions(
             tuple(images), seconds=seconds, timeout_state=timeout_state, workers=options.workers,
             platforms=tuple(platforms), warning=options.warning, critical=options.critical, verbose=verbose,
-            max_age=max_age, allow_empty=options.allow_empty, access=access, scale=scale, started=started))
+            max_age=max_age, allow_empty=options.allow_empty, access=access, scale=scale, started=started,
+            attachments=AttachmentOptions(options.referrers, options.require_signature or bool(options.cosign_key),
+                                          options.cosign_key)))
     except UsageError as exc:
         output, exitcode = publish(metrics_file, status_line(UNKNOWN, str(exc)) + "\n",
                                    EXIT_CODES[UNKNOWN], started)

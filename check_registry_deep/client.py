@@ -29,7 +29,7 @@ from .errors import (
     Stalled,
     TransportError,
 )
-from .manifests import ACCEPT, MAX_MANIFEST_BYTES
+from .manifests import ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX
 from .reference import Digest, validate_repository
 from .retry import Retrier, RetryPolicy
 from .transport import READ_TIMEOUT, Peer, TLSOptions, Transport, plain_reason, raise_for_status, redirected
@@ -72,6 +72,16 @@ class Urllib3WithoutRead1:
 def read_path(raw: Any) -> str:
     """Which way `raw` (a urllib3 response) is read: PUBLIC_READ1 or LEGACY_SHIM."""
     return PUBLIC_READ1 if callable(getattr(raw, "read1", None)) else LEGACY_SHIM
+
+
+@dataclass(frozen=True)
+class ReferrersPage:
+    """One page of the referrers API: its bytes (an OCI index), the next page's path, the filters it applied."""
+
+    body: bytes
+    content_type: str
+    next_path: Optional[str]
+    filters_applied: Tuple[str, ...] = ()
 
 
 class BlobResponse:
@@ -202,15 +212,43 @@ class RegistryClient:
                 raise ManifestInvalid(f"listing {where} is not valid JSON") from None
             if not isinstance(page, dict):
                 raise ManifestInvalid(f"listing {where}: expected a JSON object")
-            if link:
-                target = urlsplit(urljoin(f"{self.base_url}{path}", link))
-                if not self.transport.same_origin(target.geturl()) or not target.path.startswith("/v2/"):
-                    raise ManifestInvalid(f"listing {where}: Link to another place refused")
-                link = target.path + (f"?{target.query}" if target.query else "")
-            return page, link
+            return page, self._next_page(path, link, f"listing {where}")
 
         listing, _ = self.retrier.run(fetch, f"GET {path}")
         return listing
+
+    def _next_page(self, path: str, link: Optional[str], what: str) -> Optional[str]:
+        """The path of a Link header's next page: on this registry and under /v2/, or refused."""
+        if not link:
+            return None
+        target = urlsplit(urljoin(f"{self.base_url}{path}", link))
+        if not self.transport.same_origin(target.geturl()) or not target.path.startswith("/v2/"):
+            raise ManifestInvalid(f"{what}: Link to another place refused")
+        return target.path + (f"?{target.query}" if target.query else "")
+
+    @staticmethod
+    def referrers_path(repository: str, digest: Digest) -> str:
+        """The path of the OCI 1.1 referrers API for `digest`, unfiltered: we want every referrer."""
+        return f"/v2/{validate_repository(repository)}/referrers/{digest}"
+
+    def get_referrers(self, path: str) -> ReferrersPage:
+        """One page of the referrers API (from referrers_path or a previous page's `next`): an index, capped at
+        4 MiB like every manifest. A 404 raises ManifestUnknown: the registry has no such API (or subject)."""
+        where = path.split("?")[0]
+
+        def fetch() -> ReferrersPage:
+            response = self._send("GET", f"{self.base_url}{path}",
+                                  {"Accept": OCI_INDEX, "Accept-Encoding": "identity"}, stream=True)
+            with response:
+                raise_for_status(response, f"GET {where}", ManifestUnknown)
+                data = _read_capped(response, f"referrers page {where}", self._peer(response))
+                link = response.links.get("next", {}).get("url")
+            filters = tuple(f.strip() for f in response.headers.get("OCI-Filters-Applied", "").split(",") if f.strip())
+            return ReferrersPage(data, response.headers.get("Content-Type", ""),
+                                 self._next_page(path, link, f"referrers page {where}"), filters)
+
+        page, _ = self.retrier.run(fetch, f"GET {where}")
+        return page
 
     @contextmanager
     def open_blob(self, repository: str, digest: Digest, limit: Optional[int], offset: int = 0,

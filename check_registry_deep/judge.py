@@ -7,10 +7,21 @@ judgement, the per-image verdicts, the long output, the table and the JSON all d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Set, Tuple, Union
 
 from .errors import DeadlineExceeded, IntegrityError, ManifestInvalid, NotFound
-from .model import EmptySelection, Finding, OriginCheck, RunProblem, ScanResult, Target, TargetResult, Trouble
+from .model import (
+    ArtifactResult,
+    EmptySelection,
+    Finding,
+    OriginCheck,
+    RunProblem,
+    ScanResult,
+    Target,
+    TargetResult,
+    Trouble,
+)
+from .reference import Digest
 from .states import OK, SEVERITY, UNKNOWN, WARNING, worst
 
 #: What the run judges: a finding on content, or a problem of the run.
@@ -120,7 +131,7 @@ def image_verdicts(scan: ScanResult) -> List[ImageVerdict]:
     for item in items:
         if not_reached(item):
             continue
-        for target in item.affected:
+        for target in owners_of(scan, item.affected):
             states[target] = worst((states.get(target, OK), judge(item)))
             finished[target] = max(finished.get(target, 0.0), item.finished)
     in_order = not_checked(scan)
@@ -135,6 +146,44 @@ def image_verdicts(scan: ScanResult) -> List[ImageVerdict]:
                  for target in in_order if target not in resolved and target not in states]
     verdicts += [ImageVerdict(e.target, None, UNKNOWN, 0, 0.0, e) for e in scan.empty if e.target is not None]
     return verdicts
+
+
+def owners_of(scan: ScanResult, affected: Tuple[Target, ...]) -> Tuple[Target, ...]:
+    """The image targets `affected` stands for: an attached artifact's breakage is its images' (the blast radius)."""
+    if not scan.artifacts:
+        return affected
+    owners = {a.target: a.owners for a in scan.artifacts}
+    return tuple(dict.fromkeys(t for target in affected for t in owners.get(target, (target,))))
+
+
+@dataclass(frozen=True)
+class ArtifactVerdict:
+    """One attached artifact: the worst state of the findings about it, and its first failure."""
+
+    artifact: ArtifactResult
+    state: str
+    failure: Optional[Finding]
+    bytes: int
+
+
+def artifact_verdicts(scan: ScanResult) -> List[ArtifactVerdict]:
+    """Every attached artifact (--referrers, --require-signature) in the order found, judged like an image."""
+    states: Dict[Target, str] = {}
+    failures: Dict[Target, Finding] = {}
+    for finding in scan.findings:
+        for target in finding.affected:
+            if target.artifact is not None:
+                states[target] = worst((states.get(target, OK), judge(finding)))
+                if finding.error is not None:
+                    failures.setdefault(target, finding)
+    return [ArtifactVerdict(a, states.get(a.target, OK), failures.get(a.target), sum(d.size or 0 for d in a.blobs))
+            for a in scan.artifacts]
+
+
+def verified_artifacts(scan: ScanResult) -> Set[Tuple[str, Digest]]:
+    """Distinct artifacts (registry, digest) whose manifest and blobs all verified."""
+    return {(v.artifact.target.registry, v.artifact.artifact.digest) for v in artifact_verdicts(scan)
+            if v.artifact.resolved and v.failure is None}
 
 
 #: What the origin's own failure says about the storage: it served the content wrong, or does not have it.

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple, Union
 
-from .errors import ManifestInvalid
+from .errors import CheckError, ManifestInvalid
 from .model import Descriptor, Kind
 from .reference import Digest, Platform, shown
 
@@ -38,6 +38,13 @@ class ImageManifest:
     media_type: str
     config: Optional[Descriptor]
     layers: Tuple[Descriptor, ...]
+    artifact_type: str = ""  # OCI 1.1 `artifactType`
+    subject: Optional[Digest] = None  # OCI 1.1 `subject`: the manifest this one refers to
+
+    @property
+    def reported_type(self) -> str:
+        """The artifact type as the referrers API reports it: `artifactType`, else the config's media type."""
+        return self.artifact_type or (self.config.media_type if self.config else "")
 
     @property
     def blobs(self) -> Tuple[Descriptor, ...]:
@@ -57,6 +64,12 @@ class ImageManifest:
 class IndexManifest:
     media_type: str
     manifests: Tuple[Descriptor, ...]
+    artifact_type: str = ""
+    subject: Optional[Digest] = None
+
+    @property
+    def reported_type(self) -> str:
+        return self.artifact_type
 
 
 Manifest = Union[ImageManifest, IndexManifest]
@@ -85,8 +98,30 @@ def _descriptor(obj: Any, kind: Kind, where: str) -> Descriptor:
     if raw_platform is not None:
         platform = Platform(str(raw_platform.get("os", "")), str(raw_platform.get("architecture", "")),
                             str(raw_platform.get("variant", "") or ""))
+    annotations = obj.get("annotations")
+    data = obj.get("data")
     return Descriptor(media_type=_field(obj, "mediaType", str, where), digest=Digest.parse(obj.get("digest")),
-                      size=size, kind=kind, urls=tuple(urls), platform=platform)
+                      size=size, kind=kind, urls=tuple(urls), platform=platform,
+                      artifact_type=_text(obj.get("artifactType")),
+                      annotations=tuple((k, v) for k, v in annotations.items() if isinstance(v, str))
+                      if isinstance(annotations, dict) else (),
+                      data=data if isinstance(data, str) else None)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _subject(doc: dict) -> Optional[Digest]:
+    """The `subject` a manifest refers to; one that is not a valid descriptor is none (never a reason to fail
+    the manifest: images that carry odd subjects were judged without it before)."""
+    subject = doc.get("subject")
+    if not isinstance(subject, dict):
+        return None
+    try:
+        return Digest.parse(subject.get("digest"))
+    except CheckError:
+        return None
 
 
 def parse_manifest(body: bytes, content_type: str = "") -> Manifest:
@@ -109,13 +144,15 @@ def parse_manifest(body: bytes, content_type: str = "") -> Manifest:
     if "manifests" in doc and media_type not in IMAGE_TYPES:
         children = _field(doc, "manifests", list, "index")
         return IndexManifest(media_type or OCI_INDEX, tuple(
-            _descriptor(child, MANIFEST, f"index child {i}") for i, child in enumerate(children)))
+            _descriptor(child, MANIFEST, f"index child {i}") for i, child in enumerate(children)),
+            _text(doc.get("artifactType")), _subject(doc))
     if "layers" in doc or "config" in doc or media_type in IMAGE_TYPES:
         layers = _field(doc, "layers", list, "manifest", required=False) or []
         raw_config = doc.get("config")
         config = None if raw_config is None else _descriptor(raw_config, CONFIG, "config")
         return ImageManifest(media_type or OCI_MANIFEST, config, tuple(
-            _descriptor(layer, LAYER, f"layer {i}") for i, layer in enumerate(layers)))
+            _descriptor(layer, LAYER, f"layer {i}") for i, layer in enumerate(layers)),
+            _text(doc.get("artifactType")), _subject(doc))
     raise ManifestInvalid(f"unsupported manifest: mediaType {media_type!r}, schemaVersion "
                           f"{doc.get('schemaVersion')!r}")
 

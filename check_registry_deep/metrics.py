@@ -33,6 +33,7 @@ class ImageSample:
     platform: str
     ok: bool
     problem: str = ""  # when broken: what breaks it, as line 1 words a finding
+    signed: Optional[bool] = None  # with a signature required (--require-signature, --cosign-key)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Counts:
     verified_bytes: int
     retries: int
     oldest_verification_age: Optional[float] = None  # with --state-file
+    verified_artifacts: Optional[int] = None  # with --referrers or a signature required
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,17 @@ def exposition(run: RunMetrics, check: str, last_success: Optional[float]) -> by
                                  ["check", "registry", "image", "platform", "problem"], registry=registry)
             for (registry_url, image, platform), problem in problems.items():
                 problem_info.labels(check, registry_url, image, platform, problem).set(1)
+    signed = [sample for sample in run.images if sample.signed is not None]
+    if signed:
+        image_signed = Gauge("registry_deep_image_signed", "1 if this image (given with -i/-f) carries a signature "
+                             "that passes (--require-signature; with --cosign-key verified and naming its digest), "
+                             "else 0", ["check", "registry", "image", "platform"], registry=registry)
+        unsigned: Dict[Tuple[str, str, str], bool] = {}
+        for sample in signed:
+            key = (sample.registry, sample.image, sample.platform)
+            unsigned[key] = unsigned.get(key, True) and bool(sample.signed)
+        for (registry_url, image, platform), ok in unsigned.items():
+            image_signed.labels(check, registry_url, image, platform).set(int(ok))
     counts = run.counts
     if counts is not None:
         gauge("registry_deep_images", "Images checked in the last run, given and discovered", counts.images)
@@ -128,6 +141,8 @@ def exposition(run: RunMetrics, check: str, last_success: Optional[float]) -> by
         gauge("registry_deep_retries", "Requests retried in the last run", counts.retries)
         gauge("registry_deep_oldest_verification_age_seconds", "Age of the stalest blob verification in the "
               "--state-file", counts.oldest_verification_age)
+        gauge("registry_deep_verified_artifacts", "Attached artifacts (referrers, signatures) whose manifest and "
+              "blobs verified in the last run", counts.verified_artifacts)
     return generate_latest(registry)
 
 

@@ -20,11 +20,14 @@ class _Word(enum.StrEnum):
 
 
 class Kind(_Word):
-    """What a piece of content is: a blob (a layer, a config) or a manifest."""
+    """What a piece of content is: a blob (a layer, a config) or a manifest; with --referrers and a required
+    signature also a subject's list of referrers, and an image's signature."""
 
     LAYER = "layer"
     CONFIG = "config"
     MANIFEST = "manifest"
+    SIGNATURE = "signature"  # an image's required signature: missing, not verifying with the key, for another digest
+    REFERRERS = "referrers"  # a subject's list of referrers (the referrers API, the fallback tag)
 
     @property
     def blob(self) -> bool:
@@ -46,6 +49,12 @@ class Descriptor:
     kind: Kind = Kind.LAYER
     urls: Tuple[str, ...] = ()
     platform: Optional[Platform] = None
+    artifact_type: str = ""  # an index entry's artifactType (a referrers list names each referrer's type)
+    annotations: Tuple[Tuple[str, str], ...] = ()  # string-valued annotations (cosign's signature is one)
+    data: Optional[str] = None  # embedded base64 copy of the content (OCI 1.1 `data`), checked for artifacts
+
+    def annotation(self, key: str) -> Optional[str]:
+        return dict(self.annotations).get(key)
 
     @property
     def foreign(self) -> bool:
@@ -69,16 +78,48 @@ class Mode(_Word):
     SKIPPED = "skipped"  # foreign: clients fetch it from its urls
 
 
+class FoundBy(_Word):
+    """How an attached artifact was found (--referrers)."""
+
+    API = "referrers-api"  # the OCI 1.1 referrers API
+    TAG = "referrers-tag"  # the fallback tag sha256-<hex>, an index listing the referrers
+    COSIGN = "cosign-tag"  # cosign's sha256-<hex>.sig, .att, .sbom
+
+
+@dataclass(frozen=True)
+class ArtifactId:
+    """An attached artifact: its manifest's digest, its type (as the referrers API reports it) and how it was found."""
+
+    digest: Digest
+    artifact_type: str
+    found_by: FoundBy
+    tag: str = ""  # the cosign tag it was found by
+
+    def __str__(self) -> str:
+        return f"artifact {self.digest.short()}… ({self.what})"
+
+    @property
+    def what(self) -> str:
+        """Its type, or the cosign tag it was found by (shortened: `cosign tag sha256-1840233422f5….sig`)."""
+        if self.tag:
+            stem, dot, suffix = self.tag.rpartition(".")
+            return f"cosign tag {stem[:19]}…{dot}{suffix}"
+        return self.artifact_type or "no artifact type"
+
+
 @dataclass(frozen=True)
 class Target:
-    """An image, and the platform when it came from an index: what a broken blob breaks."""
+    """An image, and the platform when it came from an index: what a broken blob breaks. With `artifact`, an
+    artifact attached to that image (and platform): its breakage counts for the image."""
 
     image: ImageRef
     registry: str
     platform: Optional[Platform] = None
+    artifact: Optional[ArtifactId] = None
 
     def __str__(self) -> str:
-        return f"{self.image} ({self.platform})" if self.platform else str(self.image)
+        image = f"{self.image} ({self.platform})" if self.platform else str(self.image)
+        return f"{self.artifact} of {image}" if self.artifact else image
 
 
 @dataclass(frozen=True)
@@ -89,6 +130,23 @@ class TargetResult:
     manifest_digest: Digest
     blobs: Tuple[Descriptor, ...]
     artifact: bool = False
+
+
+@dataclass(frozen=True)
+class ArtifactResult:
+    """An attached artifact (--referrers, or a signature looked up for --require-signature): what it refers to,
+    the images whose verdicts count it, and its blobs (none when its manifest could not be fetched)."""
+
+    target: Target  # its `artifact` set
+    subject: Digest  # the digest it refers to: the image's, a child's, or another artifact's
+    owners: Tuple[Target, ...]  # the image targets (image and platform) it belongs to
+    blobs: Tuple[Descriptor, ...] = ()
+    resolved: bool = False
+
+    @property
+    def artifact(self) -> ArtifactId:
+        assert self.target.artifact is not None
+        return self.target.artifact
 
 
 @dataclass(frozen=True)
@@ -187,6 +245,9 @@ class ScanResult:
     interrupted: Optional[DeadlineExceeded] = None
     run_problems: Tuple[RunProblem, ...] = ()  # a registry that failed, a bug of ours (the deadline: `interrupted`)
     notes: Tuple[str, ...] = ()  # about the whole run, e.g. TLS not verified
+    artifacts: Tuple[ArtifactResult, ...] = ()
+    attachments: bool = False  # artifacts were looked for (--referrers, --require-signature): perfdata says how many
+    signed: Optional[Tuple[Tuple[Target, bool], ...]] = None  # with a signature required: each image target's answer
     freshness: Optional[Freshness] = None  # with --state-file
     selected: Tuple[Target, ...] = ()  # every image the run set out to check (given or listed), with its registry
     empty: Tuple[EmptySelection, ...] = ()  # selections that matched nothing

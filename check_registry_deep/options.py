@@ -54,6 +54,16 @@ class ScaleOptions:
 
 
 @dataclass(frozen=True)
+class AttachmentOptions:
+    """Artifacts attached to the images: every referrer (--referrers), a signature (--require-signature), one that
+    verifies with a cosign public key (--cosign-key FILE, which implies --require-signature)."""
+
+    referrers: bool = False
+    require_signature: bool = False
+    cosign_key: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class CheckOptions:
     """One run: the images (each with the base URL of the registry that serves it) and how to judge them."""
 
@@ -69,4 +79,5 @@ class CheckOptions:
     allow_empty: bool = False  # a selection that matches nothing is fine (else UNKNOWN)
     access: AccessOptions = AccessOptions()
     scale: ScaleOptions = ScaleOptions()
+    attachments: AttachmentOptions = AttachmentOptions()
     started: Optional[float] = None  # time.monotonic() when the process started: -t counts from there

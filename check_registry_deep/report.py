@@ -10,7 +10,7 @@ import json
 from typing import Dict, List
 
 from . import __version__
-from .judge import Judged, image_verdicts, judge
+from .judge import Judged, artifact_verdicts, image_verdicts, judge
 from .model import Finding, Mode, ScanResult
 from .states import SEVERITY
 from .wording import describe, human_bytes, origin_verdict, unjudged
@@ -21,6 +21,7 @@ JSON_SCHEMA_VERSION = 1
 def image_rows(scan: ScanResult) -> List[Dict]:
     """One row per image and platform, resolved or not, worst first."""
     rows = []
+    signed = dict(scan.signed or ())
     for verdict in image_verdicts(scan):
         target, result = verdict.target, verdict.resolved
         rows.append({
@@ -30,7 +31,23 @@ def image_rows(scan: ScanResult) -> List[Dict]:
             "blobs": [str(d.digest) for d in result.blobs] if result else [],
             "bytes": verdict.bytes, "seconds": round(verdict.seconds, 3), "state": verdict.state.upper(),
             "unjudged": unjudged(verdict)})
+        if scan.signed is not None:
+            rows[-1]["signed"] = signed.get(target, False)
     return sorted(rows, key=lambda r: (-SEVERITY[r["state"].lower()], r["image"], r["platform"]))
+
+
+def artifact_rows(scan: ScanResult) -> List[Dict]:
+    """One row per attached artifact (DESIGN.md §8), in the order found."""
+    rows = []
+    for verdict in artifact_verdicts(scan):
+        artifact = verdict.artifact
+        failure = verdict.failure
+        rows.append({"image": str(artifact.target.image), "platform": str(artifact.target.platform or ""),
+                     "subject": str(artifact.subject), "digest": str(artifact.artifact.digest),
+                     "artifact_type": artifact.artifact.artifact_type, "found_by": str(artifact.artifact.found_by),
+                     "state": verdict.state.upper(),
+                     "error": f"{failure.kind} {failure.label}: {failure.error}" if failure else None})
+    return rows
 
 
 def table(scan: ScanResult) -> str:
@@ -65,7 +82,8 @@ def to_json(scan: ScanResult, state: str, summary: str) -> str:
         "state": state.upper(), "summary": summary, "elapsed": round(scan.elapsed, 3),
         "retries": scan.retries, "interrupted": str(scan.interrupted) if scan.interrupted else None,
         "notes": list(scan.notes), "oldest_verification": scan.oldest_verification,
-        "images": image_rows(scan), "content": content,
+        "images": image_rows(scan), **({"artifacts": artifact_rows(scan)} if scan.attachments else {}),
+        "content": content,
         "broken": [{"subject": row["subject"], "kind": row["kind"], "error": row["error"], "breaks": row["affects"],
                     "line": describe(item)} for row, item in zip(content, items, strict=True) if row["error"]],
         "to_repush": sorted({str(t.image) for item in items if item.error is not None for t in item.affected}),

@@ -24,6 +24,7 @@ from .options import DiscoveryOptions
 from .origin import OriginChecker
 from .pool import WorkerPool
 from .reference import ImageRef, Platform
+from .referrers import Policy
 from .replicas import merge_by_blob
 from .resolve import registry_failures
 from .stages import Job, JobResult, Lane, Stage, StageJobs
@@ -39,11 +40,11 @@ class Scanner:
                  platforms: Sequence[Platform] = (), chunk_size: int = CHUNK_SIZE,
                  discovery: Optional[Tuple[str, DiscoveryOptions]] = None, replicas: Sequence[str] = (),
                  choose_deep: Optional[Chooser] = None, origin: Optional[OriginChecker] = None,
-                 progress: Optional[Callable[[Stage, int, int, int], None]] = None):
+                 progress: Optional[Callable[[Stage, int, int, int], None]] = None, attachments: Policy = Policy()):
         """`discovery` (registry, what) lists more images there; `replicas` are compared with the first registry;
         `choose_deep` picks the blobs to GET and hash (the others are only HEADed); `origin` asks the origin behind
         its registry about every failure there; `progress(stage, done, total, bytes)` hears about every finished
-        job."""
+        job. `attachments` says whether to look for referrers and signatures."""
         self.client_for = clients
         self.deadline = deadline
         self.workers = workers
@@ -51,9 +52,11 @@ class Scanner:
         self.replicas = tuple(replicas)
         self.progress = progress
         self.origin = origin
+        self.attachments = attachments
         self.cancelled = threading.Event()
         self.jobs = StageJobs(clients, deadline, self.cancelled, platforms=platforms, chunk_size=chunk_size,
-                              discovery=discovery, replicas=replicas, choose_deep=choose_deep, origin=origin)
+                              discovery=discovery, replicas=replicas, choose_deep=choose_deep, origin=origin,
+                              attachments=attachments)
         self._completed: queue.Queue[concurrent.futures.Future] = queue.Queue()
         self._lock = self.jobs.lock  # one lock over the lanes, for the jobs that write to them and for us
         self._flight_ids = iter(range(1 << 62))
@@ -69,6 +72,9 @@ class Scanner:
                                                                      Stage.RESOLVE, Stage.BLOBS])
         for ref, registry in images:
             lanes.setdefault(registry, Lane(registry, [])).images.append(ref)
+        if self.attachments.enabled:
+            for lane in lanes.values():
+                lane.stages.insert(lane.stages.index(Stage.BLOBS), Stage.REFERRERS)
         if self.replicas:
             next(iter(lanes.values())).stages.append(Stage.REPLICAS)
         if self.origin and self.origin.registry in lanes:
@@ -133,6 +139,10 @@ class Scanner:
         problems += failing
         return ScanResult(tuple(ref for lane in lanes.values() for ref in lane.images), tuple(targets),
                           tuple(findings), self.deadline.elapsed(), retries, interrupted, tuple(problems),
+                          artifacts=tuple(a for lane in lanes.values() for a in lane.artifacts),
+                          attachments=self.attachments.enabled,
+                          signed=tuple(s for lane in lanes.values() for s in lane.signed)
+                          if self.attachments.require_signature else None,
                           selected=tuple(Target(ref, lane.registry) for lane in lanes.values() for ref in lane.images),
                           empty=tuple(e for lane in lanes.values() for e in lane.empty))
 

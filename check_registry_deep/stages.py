@@ -18,10 +18,11 @@ from .client import RegistryClient
 from .deadline import Deadline
 from .discovery import empty_selections, repositories, tags
 from .errors import RegistryError
-from .model import EmptySelection, Finding, OriginCheck, RunProblem, Target, TargetResult, Trouble
+from .model import ArtifactResult, EmptySelection, Finding, OriginCheck, RunProblem, Target, TargetResult, Trouble
 from .options import DiscoveryOptions
 from .origin import NO_TIME, OriginChecker, worth_asking
 from .reference import Digest, ImageRef, Platform
+from .referrers import Policy, ReferrerWalker
 from .replicas import compare_replica
 from .resolve import Resolver
 from .verify import CHUNK_SIZE
@@ -34,6 +35,7 @@ class Stage(enum.Enum):
     DISCOVER = "listing repositories and tags"
     TAGS = "listing tags"
     RESOLVE = "resolving manifests"
+    REFERRERS = "looking for referrers"
     BLOBS = "verifying blobs"
     REPLICAS = "comparing replicas"
     ORIGIN = "asking the origin"
@@ -81,6 +83,9 @@ class Lane:
     listed: Dict[str, object] = field(default_factory=dict)  # discovery: repository -> its images, or the error
     stopped: bool = False  # its registry failed (unreachable, or its listing): nothing more to learn there
     unasked: List[Finding] = field(default_factory=list)  # with --origin: failures waiting for its stage
+    artifacts: List[ArtifactResult] = field(default_factory=list)  # --referrers, --require-signature
+    artifact_targets: List[TargetResult] = field(default_factory=list)  # their blobs, for the blob plan
+    signed: List[Tuple[Target, bool]] = field(default_factory=list)
     empty: List[EmptySelection] = field(default_factory=list)  # its selections that matched nothing
 
     @property
@@ -114,7 +119,8 @@ class StageJobs:
     def __init__(self, clients: Callable[[str], RegistryClient], deadline: Deadline, cancelled: threading.Event, *,
                  platforms: Sequence[Platform] = (), chunk_size: int = CHUNK_SIZE,
                  discovery: Optional[Tuple[str, DiscoveryOptions]] = None, replicas: Sequence[str] = (),
-                 choose_deep: Optional[Chooser] = None, origin: Optional[OriginChecker] = None):
+                 choose_deep: Optional[Chooser] = None, origin: Optional[OriginChecker] = None,
+                 attachments: Policy = Policy()):
         self.client_for = clients
         self.cancelled = cancelled
         self.discovery = discovery
@@ -123,11 +129,12 @@ class StageJobs:
         self.origin = origin
         self.resolver = Resolver(deadline, platforms)
         self.blobs = BlobChecker(deadline, cancelled, chunk_size)
+        self.walker = ReferrerWalker(attachments, deadline, self.resolver)
         self.lock = threading.Lock()  # over the lanes: the jobs write to them, the scan reads them
         self._builders: Dict[Stage, Callable[[Lane], List[Job]]] = {
             Stage.PING: self._ping_jobs, Stage.DISCOVER: self._discover_jobs, Stage.TAGS: self._tags_jobs,
-            Stage.RESOLVE: self._resolve_jobs, Stage.BLOBS: self._blob_jobs, Stage.REPLICAS: self._replica_jobs,
-            Stage.ORIGIN: self._origin_jobs}
+            Stage.RESOLVE: self._resolve_jobs, Stage.REFERRERS: self._referrer_jobs, Stage.BLOBS: self._blob_jobs,
+            Stage.REPLICAS: self._replica_jobs, Stage.ORIGIN: self._origin_jobs}
 
     def of(self, lane: Lane) -> List[Job]:
         """The jobs of the lane's current stage."""
@@ -149,9 +156,12 @@ class StageJobs:
         return [Job(f"manifest of {ref}", functools.partial(self._resolve, ref, lane))
                 for ref in dict.fromkeys(lane.images)]
 
+    def _referrer_jobs(self, lane: Lane) -> List[Job]:
+        return [Job(f"referrers of {ref}", functools.partial(self._referrers, ref, lane)) for ref in lane.top_digests]
+
     def _blob_jobs(self, lane: Lane) -> List[Job]:
         return [Job(work.label(), functools.partial(self._check_blob, work))
-                for work in plan(lane.targets, self.choose_deep)]
+                for work in plan(lane.targets + lane.artifact_targets, self.choose_deep)]
 
     def _replica_jobs(self, lane: Lane) -> List[Job]:
         return [Job(f"{ref} on {replica}", functools.partial(self._compare_replica, lane, ref, replica))
@@ -222,6 +232,15 @@ class StageJobs:
             with self.lock:
                 lane.top_digests[ref] = resolution.digest
         return JobResult(resolution.targets, resolution.findings, empty=resolution.empty)
+
+    def _referrers(self, ref: ImageRef, lane: Lane) -> JobResult:
+        targets = [t for t in lane.targets if t.target.image == ref]
+        walk = self.walker.walk(self.client_for(lane.registry), ref, lane.top_digests[ref], targets)
+        with self.lock:
+            lane.artifacts += walk.artifacts
+            lane.artifact_targets += walk.targets
+            lane.signed += walk.signed
+        return JobResult(findings=tuple(walk.findings))
 
     def _check_blob(self, work: BlobWork) -> JobResult:
         return JobResult(findings=tuple(self.blobs.check(self.client_for(work.registry), work)))

@@ -10,8 +10,18 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .errors import RegistryFailing
-from .judge import ImageVerdict, Judged, Judgement, broken_at_origin, cache_only, image_verdicts, judge
-from .model import EmptySelection, Finding, Mode, OriginCheck, RunProblem, ScanResult, Selection, Target, Trouble
+from .judge import (
+    ImageVerdict,
+    Judged,
+    Judgement,
+    artifact_verdicts,
+    broken_at_origin,
+    cache_only,
+    image_verdicts,
+    judge,
+    owners_of,
+)
+from .model import EmptySelection, Finding, Kind, Mode, OriginCheck, RunProblem, ScanResult, Selection, Target, Trouble
 from .states import CRITICAL, OK, UNKNOWN, WARNING
 
 MAX_OUTPUT = 8000  # Nagios cuts plugin output at 8 KiB
@@ -44,6 +54,8 @@ def describe(item: Judged) -> str:
         text = str(item.error)
         return text + _affected(text, item.affected, "breaks") if isinstance(item.error, RegistryFailing) else text
     reason = str(item.error) if item.error is not None else "; ".join(item.caveats + item.notes)
+    if item.kind is Kind.SIGNATURE:  # about an image, not a piece of content: the image first
+        return f"image {', '.join(sorted({str(t) for t in item.affected}))}: {reason} (manifest {item.label})"
     text = f"{item.kind} {item.label}: {reason}"
     verb = "breaks" if item.error is not None else "affects" if item.caveats else "in"
     text += _affected(text, item.affected, verb)
@@ -85,6 +97,9 @@ def short(item: Judged) -> str:
         return cut(str(item.error), 120)
     reason = str(item.error) if item.error is not None else "; ".join(item.caveats)
     label = f"{item.digest.short()}…" if item.digest is not None and not item.replica else item.label
+    artifacts = list(dict.fromkeys(t.artifact.what for t in item.affected if t.artifact is not None))
+    if artifacts:  # content of an attached artifact: say which kind (an SBOM, a signature)
+        label += f" ({artifacts[0]})"
     return f"{item.kind} {label} {cut(reason, 64)}"
 
 
@@ -96,7 +111,7 @@ def image_problems(scan: ScanResult) -> Dict[Target, str]:
     items: Tuple[Judged, ...] = scan.run_problems + scan.findings
     for item in sorted(items, key=lambda i: (str(i.kind), i.label)):
         if judge(item) == CRITICAL:
-            for target in item.affected:
+            for target in owners_of(scan, item.affected):
                 broken.setdefault(target, []).append(item)
     return {target: short(found[0]) + (f" and {len(found) - 1} more" if len(found) > 1 else "")
             for target, found in broken.items()}
@@ -207,7 +222,7 @@ def long_output(judgement: Judgement, verbose: int = 0) -> List[str]:
     lines += [f"note: {note}" for note in scan.notes]
     lines += [f"note: {describe(f)}" for f in scan.findings if f.notes]
     if verbose >= 1:
-        lines += image_lines(scan)
+        lines += image_lines(scan) + artifact_lines(scan)
     return lines
 
 
@@ -245,6 +260,19 @@ def _image_line(verdict: ImageVerdict) -> str:
             f"{human_bytes(verdict.bytes)}{' (artifact)' if result.artifact else ''}: {word}")
 
 
+def artifact_lines(scan: ScanResult) -> List[str]:
+    """A line per attached artifact, by image and platform, in the order found."""
+    lines = []
+    for verdict in sorted(artifact_verdicts(scan), key=lambda v: (str(v.artifact.target.image),
+                                                                   str(v.artifact.target.platform or ""))):
+        artifact = verdict.artifact
+        facts = (f"{len(artifact.blobs)} blobs, {human_bytes(verdict.bytes)}" if artifact.resolved
+                 else "manifest not fetched")
+        lines.append(f"{artifact.target} (subject {artifact.subject.short()}…, {artifact.artifact.found_by}): "
+                     f"{facts}: {IMAGE_WORDS[verdict.state]}")
+    return lines
+
+
 def _images(targets: Sequence[Target]) -> List[str]:
     return list(dict.fromkeys(str(t.image) for t in targets))
 
@@ -255,8 +283,10 @@ def _broken_head(broken: Sequence[Judged]) -> str:
     if not all(isinstance(item, Finding) for item in broken):
         return f"{len(broken)} problem"
     blobs = sum(1 for f in broken if isinstance(f, Finding) and f.kind.blob)
-    counts = ((blobs, "blob"), (len(broken) - blobs, "manifest"))
-    return " and ".join(_plural(n, f"broken {noun}") for n, noun in counts if n)
+    signatures = sum(1 for f in broken if isinstance(f, Finding) and f.kind is Kind.SIGNATURE)
+    counts = ((blobs, "broken blob"), (len(broken) - blobs - signatures, "broken manifest"),
+              (signatures, "signature problem"))
+    return " and ".join(_plural(n, noun) for n, noun in counts if n)
 
 
 def fit(lines: List[str], limit: int = MAX_OUTPUT) -> str:

@@ -32,8 +32,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return cache_main()
     if args == ["--s3"]:
         return s3_main()
+    if args == ["--signatures"]:
+        return signatures_main()
     if args:
-        print("usage: python -m registry_lab.demo [--swift | --cache | --s3]", file=sys.stderr)
+        print("usage: python -m registry_lab.demo [--swift | --cache | --s3 | --signatures]", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="registry-deep-demo-") as workdir, \
             LocalRegistry(Path(workdir)) as registry:
@@ -176,6 +178,37 @@ def s3_main() -> int:
     show("cleaned up: registry, front and moto stopped, storage removed")
     ok = healthy == 0 and broken == 2 and repaired == 0
     print("demo " + ("as expected: OK, then CRITICAL naming the storage, then OK after the restore" if ok
+                     else "did NOT go as expected"))
+    return 0 if ok else 1
+
+
+def signatures_main() -> int:
+    """What a deploy needs besides the image: the registry's own garbage collector deletes an SBOM and a cosign 3
+    signature (untagged referrers) while the fallback tag still lists them."""
+    from .artifacts import garbage_collect, seed_attached
+    from .signing import KeyPair
+
+    with tempfile.TemporaryDirectory(prefix="registry-deep-signatures-demo-") as workdir, \
+            LocalRegistry(Path(workdir) / "registry") as registry:
+        keys = KeyPair.generate()
+        key = keys.write_public(Path(workdir) / "cosign.pub")
+        seeded = seed_attached(registry, keys)
+        refs = [seeded.ref("app"), seeded.ref("bundled")]
+        show(f"a real docker-registry on {registry.url}; {refs[0]} has an SBOM (an untagged referrer, listed by its "
+             f"sha256-<hex> fallback tag) and a cosign .sig; {refs[1]} a cosign 3 sigstore-bundle signature (an "
+             f"untagged referrer); both signed with {key}")
+        healthy = run_check(registry.url, refs, "--referrers", "--cosign-key", str(key), "-v")
+        show("the registry's own garbage collection, the registry stopped: docker-registry garbage-collect "
+             "--delete-untagged")
+        output = garbage_collect(registry)
+        print("\n".join(line for line in output.splitlines() if "eligible for deletion" in line))
+        show("the check with --cosign-key alone: the lost signature, not the lost SBOM")
+        unaware = run_check(registry.url, refs, "--cosign-key", str(key))
+        show("the check again, with --referrers")
+        broken = run_check(registry.url, refs, "--referrers", "--cosign-key", str(key))
+    show("cleaned up: registry stopped, storage removed")
+    ok = healthy == 0 and unaware == 2 and broken == 2
+    print("demo " + ("as expected: OK, then CRITICAL naming the lost SBOM and signature" if ok
                      else "did NOT go as expected"))
     return 0 if ok else 1
 

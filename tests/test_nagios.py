@@ -103,14 +103,14 @@ def test_command_file_and_service_example_pass_nagios4_verification(tmp_path):
     before, after = checked(debian.stdout), checked(done.stdout)
     assert after["services"] == before["services"] + 2, done.stdout
     assert after["hosts"] == before["hosts"] + 1, done.stdout
-    # the command file, loaded from cfg_dir, and the notification command
-    assert after["commands"] == before["commands"] + 3, done.stdout
+    # the command files, loaded from cfg_dir (ours: three), and the notification command
+    assert after["commands"] == before["commands"] + 4, done.stdout
     assert after["contacts"] == before["contacts"] + 1, done.stdout
 
 
 def test_command_names_do_not_collide_with_debians_plugin_configs():
     ours = set(re.findall(r"^\s*command_name\s+(\S+)", COMMANDS.read_text(), re.M))
-    assert ours == {"check_registry_deep", "check_registry_deep_image"}
+    assert ours == {"check_registry_deep", "check_registry_deep_image", "check_registry_deep_signed"}
     theirs = set()
     for item in PLUGIN_CONFIG.glob("*.cfg"):
         if item.name == COMMANDS.name:

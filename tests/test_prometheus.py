@@ -42,7 +42,7 @@ def run(*argv: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 def test_the_alert_rules_pass_promtool_check():
     done = run("promtool", "check", "rules", str(RULES))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 5 rules found" in done.stdout
+    assert "SUCCESS: 6 rules found" in done.stdout
 
 
 @needs_promtool
@@ -53,7 +53,7 @@ def test_each_alert_rule_fires_and_resolves_in_promtool_unit_tests():
     tested = set(RULE_TESTS.read_text().split("alertname: ")[1:])
     assert {line.split()[0] for line in tested} == {
         "RegistryDeepImageBroken", "RegistryDeepBrokenBlobs", "RegistryDeepCheckNotRunning",
-        "RegistryDeepCheckNotFinishing", "RegistryDeepRotationBehind"}
+        "RegistryDeepCheckNotFinishing", "RegistryDeepRotationBehind", "RegistryDeepImageSignatureLost"}
 
 
 @needs_promtool
@@ -351,8 +351,8 @@ def test_the_readme_documents_every_metric_and_every_rule_as_shipped():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Prometheus: a durability SLI")[1].split("\n## ")[0]
     documented = set(re.findall(r"[|,] `(registry_deep_\w+)[`{]", section))
-    full = RunMetrics(2, 1.0, 1.0, (ImageSample("https://r", "a:1", "", False, "layer x"),),
-                      Counts(1, 0, 1, 1, 1, 0, 1.0))
+    full = RunMetrics(2, 1.0, 1.0, (ImageSample("https://r", "a:1", "", False, "layer x", signed=False),),
+                      Counts(1, 0, 1, 1, 1, 0, 1.0, verified_artifacts=1))
     written = {family.name for family in text_string_to_metric_families(exposition(full, "x", None).decode())}
     assert documented == written
     shipped = dict(re.findall(r"- alert: (\w+)\n\s+expr: (.+)", RULES.read_text()))

@@ -7,7 +7,6 @@ import socket
 import struct
 import threading
 import time
-from typing import Iterator
 
 import pytest
 import requests
@@ -44,6 +43,9 @@ from check_registry_deep.transport import TLSOptions, tls_failure
 from check_registry_deep.verify import verify_body
 from registry_lab.secure import LoopbackServer
 
+#: Debian's package build sets http_proxy to a dead port: these tests set the proxy they mean themselves
+pytestmark = pytest.mark.usefixtures("no_proxy_from_the_environment")
+
 BASE = "http://127.0.0.1:5000"
 BODY = b'{"schemaVersion": 2, "mediaType": "' + DOCKER_MANIFEST.encode() + b'", "layers": []}'
 MANIFEST_URL = f"{BASE}/v2/team/app/manifests/1"
@@ -55,21 +57,6 @@ FAST = RetryPolicy(attempts=3, backoff=0.01, max_wait=0.05)
 
 def errors_body(code: str, message: str) -> str:
     return json.dumps({"errors": [{"code": code, "message": message, "detail": None}]})
-
-
-@pytest.fixture(autouse=True)
-def no_proxy_from_the_environment(monkeypatch) -> None:
-    """Debian's package build sets http_proxy to a dead port (no network while building): these tests set the
-    proxy they mean themselves."""
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-
-
-@pytest.fixture
-def mock() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield rsps
 
 
 def make_client(seconds: float = 10, retry: RetryPolicy = FAST) -> RegistryClient:

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "check_registry_deep"
 
 #: Gathering: talks to registries, knows nothing of Nagios states or of how results are shown.
 GATHERING = {"transport", "retry", "auth", "client", "manifests", "resolve", "transfer", "verify", "blobs",
-             "replicas", "discovery", "coverage", "pool", "scan", "stages", "origin"}
+             "replicas", "discovery", "coverage", "pool", "scan", "stages", "origin", "referrers", "signatures"}
 #: Judging and presenting: knows findings and states, nothing of HTTP.
 JUDGING = {"judge", "wording", "check", "report", "metrics"}
 

@@ -79,7 +79,7 @@ def scan(client, origin=None, seconds: float = 10, images=(APP, DB)):
 def test_stages_are_values_with_their_display_text():
     assert [str(stage) for stage in Stage] == [
         "checking the registry API", "listing repositories and tags", "listing tags", "resolving manifests",
-        "verifying blobs", "comparing replicas", "asking the origin"]
+        "looking for referrers", "verifying blobs", "comparing replicas", "asking the origin"]
     assert Stage("resolving manifests") is Stage.RESOLVE
 
 
