@@ -96,6 +96,10 @@ def short(item: Judged) -> str:
     if not isinstance(item, Finding):
         return cut(str(item.error), 120)
     reason = str(item.error) if item.error is not None else "; ".join(item.caveats)
+    if item.kind is Kind.SIGNATURE:  # about an image, not a piece of content: the image, as the long line names it
+        images = sorted({str(t) for t in item.affected})
+        return f"image {cut(images[0], 64) if images else item.label}: {cut(reason, 64)}" + (
+            f" (and {len(images) - 1} more)" if len(images) > 1 else "")
     label = f"{item.digest.short()}…" if item.digest is not None and not item.replica else item.label
     artifacts = list(dict.fromkeys(t.artifact.what for t in item.affected if t.artifact is not None))
     if artifacts:  # content of an attached artifact: say which kind (an SBOM, a signature)

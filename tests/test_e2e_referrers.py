@@ -128,13 +128,13 @@ def test_cosign_key_verdicts(plugin, attached, registry):
             ("bundled", attached.key, "REGISTRY_DEEP OK - 1 image, 4 blobs"),
             ("multi", attached.key, "REGISTRY_DEEP OK - 1 image, 6 blobs"),
             ("plain", attached.key, "REGISTRY_DEEP CRITICAL - 1 signature problem, breaking 1 of 1 image: "
-                                    "signature {digest:.19}… not signed"),
+                                    "image {ref}: not signed"),
             ("app", attached.other_key, "REGISTRY_DEEP CRITICAL - 1 signature problem, breaking 1 of 1 image: "
-                                        "signature {digest:.19}… signature does not verify with /"),
+                                        "image {ref}: signature does not verify with /"),
             ("copied", attached.key, "REGISTRY_DEEP CRITICAL - 1 signature problem, breaking 1 of 1 image: "
-                                     "signature {digest:.19}… signature is for {app:.19}")):
+                                     "image {ref}: signature is for {app:.19}")):
         run = plugin("-R", registry.url, "-i", seeded.ref(name), "--cosign-key", str(key))
-        expected = first.format(digest=seeded.images[name].digest, key=key, app=seeded.images["app"].digest)
+        expected = first.format(ref=seeded.ref(name), key=key, app=seeded.images["app"].digest)
         assert run.first.startswith(expected), (name, key, run.first)
         assert run.code == (0 if "OK" in expected else 2), run.stdout
         if key == attached.other_key:

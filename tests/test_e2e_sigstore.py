@@ -27,17 +27,17 @@ PASSPHRASE = "lab passphrase, not a secret\n"
 CASES: Dict[str, Tuple[Optional[str], str]] = {
     "signed": (None, "REGISTRY_DEEP OK - "),
     "unsigned": ("A signature was required, but no signature exists", "1 signature problem, breaking 1 of 1 image: "
-                 "signature {image:.19}… not signed"),
+                 "image {ref}: not signed"),
     "wrong key": ("cryptographic signature verification failed: invalid signature when validating ASN.1 encoded "
-                  "signature", "1 signature problem, breaking 1 of 1 image: signature {image:.19}… signature does "
-                  "not verify with /"),
+                  "signature", "1 signature problem, breaking 1 of 1 image: image {ref}: signature does not "
+                  "verify with /"),
     "signature payload truncated in storage": ('digest mismatch, expected "{payload}", got "sha256:',
                                                "1 broken blob and 1 signature problem, breaking 1 of 1 image: layer "
                                                "{payload:.19}… (cosign tag {tag:.19}….sig) truncated: got "),
     ".sig manifest deleted": ("A signature was required, but no signature exists", "1 signature problem, breaking "
-                              "1 of 1 image: signature {image:.19}… not signed"),
+                              "1 of 1 image: image {ref}: not signed"),
     "signature copied from another image": ("Signature for digest {other} does not match", "1 signature problem, "
-                                            "breaking 1 of 1 image: signature {image:.19}… signature is for "
+                                            "breaking 1 of 1 image: image {ref}: signature is for "
                                             "{other:.40}"),
     "image layer truncated, signature intact": ("Digest did not match, expected {layer}, got sha256:",
                                                 "1 broken blob, breaking 1 of 1 image: layer {layer:.19}… truncated: "
@@ -118,7 +118,7 @@ def test_the_plugin_agrees_with_podman_on_every_case(plugin, tmp_path: Path) -> 
 
         for number, (case, (refused, verdict)) in enumerate(CASES.items()):
             key = "other" if case == "wrong key" else "key"
-            facts.update(image=images[case], tag=fallback_tag(images[case]))
+            facts.update(image=images[case], tag=fallback_tag(images[case]), ref=f"{repo(case)}:1")
             pulled, words = podman(root, registry, repo(case), f"/work/{key}.pub", f"pull-{number}")
             run = plugin("-R", registry.url, "-i", f"{repo(case)}:1", "--cosign-key", str(work / f"{key}.pub"))
             assert (run.code == 0) == pulled, (case, words, run.stdout)  # the agreement
