@@ -16,7 +16,7 @@ import nagiosplugin
 from .judge import Judgement, judge, judge_empty, verified_artifacts
 from .model import ScanResult
 from .states import CRITICAL, EXIT_CODES, NAME, OK, UNKNOWN, WARNING, Rendered, plain, worst
-from .wording import empty_text, fit_lines, long_output, ok_summary, problem_summary
+from .wording import empty_text, fit, long_output, ok_summary, problem_summary
 
 NAGIOS_STATES = {OK: nagiosplugin.Ok, WARNING: nagiosplugin.Warn, CRITICAL: nagiosplugin.Critical,
                  UNKNOWN: nagiosplugin.Unknown}
@@ -151,9 +151,4 @@ def rendered(check: RegistryCheck) -> Rendered:
     """Line 1 (status, summary, perfdata), then the long output, all under Nagios' 8 KiB."""
     output = Rendered(check.state_word, check.summary_str.strip(), " ".join(check.perfdata))
     lines = [plain(line) for line in (check.verbose_str or [])]
-    return replace(output, long_lines=tuple(fit_lines([output.first_line] + lines)[1:]))
-
-
-def render(check: RegistryCheck) -> str:
-    """`rendered`, as the plugin prints it."""
-    return rendered(check).text
+    return replace(output, long_lines=tuple(fit([output.first_line] + lines)[1:]))

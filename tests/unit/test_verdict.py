@@ -119,7 +119,7 @@ def judged(freshness, max_age=None):
     scan = ScanResult((APP,), (), (LAYER,), 0.5, 0, freshness=freshness)
     plugin = check.build_check(lambda: scan, max_age=max_age)
     plugin()
-    return check.render(plugin).splitlines()[0], plugin.exitcode
+    return check.rendered(plugin).text.splitlines()[0], plugin.exitcode
 
 
 def test_a_blob_older_than_max_age_is_a_warning_naming_how_many():
@@ -179,7 +179,7 @@ def test_repositories_without_a_selected_tag_are_an_empty_selection_of_the_patte
 def render(scan, **options):
     plugin = check.build_check(lambda: scan, **options)
     plugin()
-    return check.render(plugin).splitlines(), plugin.exitcode
+    return check.rendered(plugin).text.splitlines(), plugin.exitcode
 
 
 MULTI = ImageRef.parse("team/multi:1")
