@@ -13,7 +13,7 @@ import urllib3
 
 from .atomic import with_problem, write_file
 from .auth import load_credentials
-from .check import build_check, render
+from .check import build_check, rendered
 from .client import RegistryClient
 from .coverage import Coverage
 from .deadline import Deadline
@@ -29,7 +29,7 @@ from .referrers import Policy
 from .report import table, to_json
 from .scan import Scanner
 from .stages import Stage
-from .states import CRITICAL, EXIT_CODES, UNKNOWN
+from .states import CRITICAL, UNKNOWN
 from .transport import TLSOptions
 from .wording import image_problems
 
@@ -65,21 +65,19 @@ def run_check(options: CheckOptions) -> Tuple[str, int]:
     scan: ScanResult = check.resources[0].result
     text = scale.json != "-"
     # each file the plugin writes: a failure is one more line, and never hides what the check found
-    output, exitcode = with_problem(render(check), check.exitcode, coverage.save(), text)
+    output = with_problem(rendered(check), coverage.save(), text)
     if scale.json:
-        state = next(word for word, code in EXIT_CODES.items() if code == exitcode)
-        document = to_json(scan, state, check.summary_str)
+        document = to_json(scan, output.state, check.summary_str)
         if text:
-            output, exitcode = with_problem(output, exitcode, write_file("--json", scale.json, document.encode(),
-                                                                         mode=JSON_MODE))
+            output = with_problem(output, write_file("--json", scale.json, document.encode(), mode=JSON_MODE))
         else:
-            output = document
+            output = dataclasses.replace(output, document=document)
     if scale.table:
-        output += "\n" + table(scan)
+        output = dataclasses.replace(output, table=table(scan))
     if scale.metrics_file:  # last: the file records the run's final state
-        return publish(scale.metrics_file, output, exitcode, deadline.started, *metrics_of(scan, options.images),
-                       text=text)
-    return output, exitcode
+        output = publish(scale.metrics_file, output, deadline.started, *metrics_of(scan, options.images),
+                         text=text)
+    return output.text, output.exitcode
 
 
 def attachment_policy(options: AttachmentOptions) -> Policy:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from typing import Optional, Tuple
+from dataclasses import replace
+from typing import Optional
 
-from .states import EXIT_CODES, OK, UNKNOWN, plain, status_line
+from .states import OK, UNKNOWN, Rendered, plain
 
 
 def replace_file(path: str, data: bytes, *, mode: int = 0o600) -> None:
@@ -47,19 +48,15 @@ def cannot_write(option: str, path: str, exc: OSError) -> str:
     return f"cannot write {option} {path}: {reason}"
 
 
-def with_problem(output: str, exitcode: int, problem: Optional[str], text: bool = True) -> Tuple[str, int]:
+def with_problem(output: Rendered, problem: Optional[str], text: bool = True) -> Rendered:
     """A file that could not be written, added to the run's output: one more line (on stderr when the output is
     JSON), UNKNOWN if the run was OK, the state as it was otherwise (a broken registry stays CRITICAL)."""
     if problem is None:
-        return output, exitcode
+        return output
     problem = plain(problem)
-    worse = exitcode if exitcode != EXIT_CODES[OK] else EXIT_CODES[UNKNOWN]
     if not text:
         sys.stderr.write(problem + "\n")
-        return output, worse
-    first, _, rest = output.partition("\n")
-    if exitcode != EXIT_CODES[OK]:
-        return f"{first}\nUNKNOWN: {problem}\n{rest}", exitcode
-    status, bar, perfdata = first.partition(" | ")
-    summary = status.partition(" - ")[2]
-    return status_line(UNKNOWN, problem + (f"; {summary}" if summary else "")) + bar + perfdata + f"\n{rest}", worse
+        return output if output.state != OK else replace(output, state=UNKNOWN)
+    if output.state != OK:
+        return replace(output, long_lines=(f"UNKNOWN: {problem}",) + output.long_lines)  # right after line 1
+    return replace(output, state=UNKNOWN, summary=problem + (f"; {output.summary}" if output.summary else ""))

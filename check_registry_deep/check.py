@@ -8,13 +8,14 @@ while an on-call SRE needs the broken blobs in the notification itself.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Iterator, List, Optional
 
 import nagiosplugin
 
 from .judge import Judgement, judge, judge_empty, verified_artifacts
 from .model import ScanResult
-from .states import CRITICAL, EXIT_CODES, NAME, OK, UNKNOWN, WARNING, plain, status_line, worst
+from .states import CRITICAL, EXIT_CODES, NAME, OK, UNKNOWN, WARNING, Rendered, plain, worst
 from .wording import empty_text, fit, long_output, ok_summary, problem_summary
 
 NAGIOS_STATES = {OK: nagiosplugin.Ok, WARNING: nagiosplugin.Warn, CRITICAL: nagiosplugin.Critical,
@@ -146,10 +147,8 @@ def build_check(scan: Callable[[], ScanResult], *, warning: str = "", critical: 
                          ScanSummary(resource, time, timeout_state, verbose, oldest, max_age, allow_empty))
 
 
-def render(check: RegistryCheck) -> str:
+def rendered(check: RegistryCheck) -> Rendered:
     """Line 1 (status, summary, perfdata), then the long output, all under Nagios' 8 KiB."""
-    status = status_line(check.state_word, check.summary_str.strip())
-    perfdata = " ".join(check.perfdata)
-    first = status + (f" | {perfdata}" if perfdata else "")
+    output = Rendered(check.state_word, check.summary_str.strip(), " ".join(check.perfdata))
     lines = [plain(line) for line in (check.verbose_str or [])]
-    return fit([first] + lines)
+    return replace(output, long_lines=tuple(fit([output.first_line] + lines)[1:]))

@@ -20,7 +20,7 @@ from . import __version__
 from .errors import UsageError
 from .options import AccessOptions, AttachmentOptions, CheckOptions, DiscoveryOptions, ScaleOptions
 from .reference import DOMAIN_RE, REPOSITORY_RE, ImageRef, Platform
-from .states import EXIT_CODES, STATES, UNKNOWN, plain, status_line
+from .states import STATES, UNKNOWN, Rendered, plain
 
 #: Seconds past the deadline after which the watchdog prints a status line whatever the run is doing.
 WATCHDOG_GRACE = 0.8
@@ -243,7 +243,7 @@ class _Watchdog:
     """Prints a status line and exits if the run overstays its deadline, whatever it is blocked on."""
 
     def __init__(self, left: float, seconds: float, state: str,
-                 publish: Callable[[str, int], Tuple[str, int]] = lambda output, code: (output, code)):
+                 publish: Callable[[Rendered], Rendered] = lambda output: output):
         self.lock = threading.Lock()
         self.done = False
         self.publish = publish  # --metrics-file: written before the line, which may then say it failed
@@ -255,11 +255,10 @@ class _Watchdog:
             if self.done:
                 return
             self.done = True
-            output, code = self.publish(status_line(state, f"deadline of {seconds:g}s passed and the run did not "
-                                                           f"wind down") + "\n", EXIT_CODES[state])
-            sys.stdout.write(output)
+            output = self.publish(Rendered(state, f"deadline of {seconds:g}s passed and the run did not wind down"))
+            sys.stdout.write(output.text)
             sys.stdout.flush()
-            os._exit(code)
+            os._exit(output.exitcode)
 
     def finish(self, output: str) -> None:
         with self.lock:
@@ -301,7 +300,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if max_age is not None and not options.state_file:
             raise UsageError("--max-age needs --state-file (it remembers when each blob was verified)")
         watchdog = _Watchdog(seconds - (time.monotonic() - started), seconds, timeout_state,
-                             lambda output, code: publish(metrics_file, output, code, started))
+                             lambda output: publish(metrics_file, output, started))
         watchdog.timer.start()
         from .app import run_check  # deferred: requests, tenacity and nagiosplugin cost time at start-up
         access = access_options(options)
@@ -316,16 +315,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             attachments=AttachmentOptions(options.referrers, options.require_signature or bool(options.cosign_key),
                                           options.cosign_key)))
     except UsageError as exc:
-        output, exitcode = publish(metrics_file, status_line(UNKNOWN, str(exc)) + "\n",
-                                   EXIT_CODES[UNKNOWN], started)
+        output, exitcode = unknown(metrics_file, Rendered(UNKNOWN, str(exc)), started)
     except KeyboardInterrupt:
-        output, exitcode = publish(metrics_file, status_line(UNKNOWN, "interrupted") + "\n", EXIT_CODES[UNKNOWN],
-                                   started)
+        output, exitcode = unknown(metrics_file, Rendered(UNKNOWN, "interrupted"), started)
     except Exception as exc:  # the last line of defence: one line, and a traceback only at -vvv
-        output = status_line(UNKNOWN, f"internal error: {type(exc).__name__}: {exc}") + "\n"
-        if verbose >= 3:
-            output += "".join(plain(line) + "\n" for line in traceback.format_exc().splitlines())
-        output, exitcode = publish(metrics_file, output, EXIT_CODES[UNKNOWN], started)
+        trace = tuple(plain(line) for line in traceback.format_exc().splitlines()) if verbose >= 3 else ()
+        output, exitcode = unknown(metrics_file, Rendered(UNKNOWN, f"internal error: {type(exc).__name__}: {exc}",
+                                                          long_lines=trace), started)
     if watchdog is not None:
         watchdog.finish(output)
     else:
@@ -344,12 +340,19 @@ def lenient_metrics_file(argv: Optional[Sequence[str]]) -> Optional[str]:
         return None
 
 
-def publish(path: Optional[str], output: str, exitcode: int, started: float) -> Tuple[str, int]:
+def publish(path: Optional[str], output: Rendered, started: float) -> Rendered:
     """After a run that never got to app.py: metrics.publish, imported only for --metrics-file."""
     if not path:
-        return output, exitcode
+        return output
     from .metrics import publish as write
-    return write(path, output, exitcode, started)
+    return write(path, output, started)
+
+
+def unknown(path: Optional[str], output: Rendered, started: float) -> Tuple[str, int]:
+    """A run that never got to app.py (bad usage, interrupted, our own bug): published, then as main() prints
+    it."""
+    output = publish(path, output, started)
+    return output.text, output.exitcode
 
 
 def run() -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
 from .atomic import with_problem, write_file
+from .states import Rendered
 
 LAST_SUCCESS = "registry_deep_last_success_timestamp_seconds"
 #: node_exporter runs as another user (prometheus on Debian): the file must be readable by it.
@@ -152,13 +153,13 @@ def write_metrics(path: str, run: RunMetrics) -> Optional[str]:
                       mode=FILE_MODE)
 
 
-def publish(path: Optional[str], output: str, exitcode: int, started: float, images: Sequence[ImageSample] = (),
-            counts: Optional[Counts] = None, text: bool = True) -> Tuple[str, int]:
-    """Write the run's metrics to `path` (if given). The output and exit code stay as they are, unless the file
-    cannot be written: then that is one more line (on stderr when the output is JSON), and UNKNOWN if it was OK.
+def publish(path: Optional[str], output: Rendered, started: float, images: Sequence[ImageSample] = (),
+            counts: Optional[Counts] = None, text: bool = True) -> Rendered:
+    """Write the run's metrics to `path` (if given). The output stays as it is, unless the file cannot be
+    written: then that is one more line (on stderr when the output is JSON), and UNKNOWN if it was OK.
     `started` is the run's time.monotonic() start."""
     if not path:
-        return output, exitcode
-    problem = write_metrics(path, RunMetrics(exitcode, time.monotonic() - started, time.time(), tuple(images),
-                                             counts))
-    return with_problem(output, exitcode, problem, text)
+        return output
+    problem = write_metrics(path, RunMetrics(output.exitcode, time.monotonic() - started, time.time(),
+                                             tuple(images), counts))
+    return with_problem(output, problem, text)

@@ -293,8 +293,9 @@ def _broken_head(broken: Sequence[Judged]) -> str:
     return " and ".join(_plural(n, noun) for n, noun in counts if n)
 
 
-def fit(lines: List[str], limit: int = MAX_OUTPUT) -> str:
-    """Join lines, cutting the long output with `… and N more` so the whole stays under `limit` bytes."""
+def fit(lines: List[str], limit: int = MAX_OUTPUT) -> List[str]:
+    """Line 1, then as much of the long output as fits in `limit` bytes (as text, a newline after each line), cut
+    with `… and N more`."""
     out = [lines[0]]
     size = len(lines[0].encode()) + 1
     for i, line in enumerate(lines[1:], start=1):
@@ -305,4 +306,4 @@ def fit(lines: List[str], limit: int = MAX_OUTPUT) -> str:
             break
         out.append(line)
         size += len(line.encode()) + 1
-    return "\n".join(out) + "\n"
+    return out

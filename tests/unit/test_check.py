@@ -49,7 +49,7 @@ def scan_of(*extra: Finding, interrupted: Optional[DeadlineExceeded] = None, ret
 def run(scan: ScanResult, **options) -> tuple:
     plugin = check.build_check(lambda: scan, **options)
     plugin()
-    output = check.render(plugin)
+    output = check.rendered(plugin).text
     return output, plugin.exitcode, plugin.state
 
 
@@ -351,9 +351,14 @@ def test_summary_is_short():
     assert len(summary) <= wording.MAX_SUMMARY
 
 
+def fitted(lines, **limit):
+    """The fitted lines as the plugin prints them."""
+    return "".join(line + "\n" for line in wording.fit(lines, **limit))
+
+
 def test_fit_cuts_with_and_n_more():
     lines = ["REGISTRY_DEEP CRITICAL - first"] + [f"CRITICAL: line {i:03d} " + "x" * 90 for i in range(200)]
-    text = wording.fit(lines)
+    text = fitted(lines)
     assert len(text.encode()) <= 8000
     out = text.splitlines()
     assert out[0] == lines[0]
@@ -365,15 +370,15 @@ def test_fit_cuts_with_and_n_more():
 
 def test_fit_counts_bytes_not_characters():
     lines = ["REGISTRY_DEEP CRITICAL - first"] + ["é" * 100 for _ in range(100)]
-    text = wording.fit(lines)
+    text = fitted(lines)
     assert len(text.encode()) <= 8000
     assert re.fullmatch(r"… and \d+ more", text.splitlines()[-1])
 
 
 def test_fit_keeps_short_output_whole():
     lines = ["REGISTRY_DEEP OK - fine", "a", "b"]
-    assert wording.fit(lines) == "REGISTRY_DEEP OK - fine\na\nb\n"
-    assert wording.fit(lines, limit=30) == "REGISTRY_DEEP OK - fine\n… and 2 more\n"
+    assert fitted(lines) == "REGISTRY_DEEP OK - fine\na\nb\n"
+    assert fitted(lines, limit=30) == "REGISTRY_DEEP OK - fine\n… and 2 more\n"
 
 
 def test_many_broken_blobs_stay_under_8_kib():

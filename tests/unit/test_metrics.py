@@ -133,7 +133,7 @@ def test_the_watchdog_writes_the_metrics_before_it_ends_an_overstaying_run(tmp_p
     exits: List[int] = []
     monkeypatch.setattr(os, "_exit", exits.append)
     started = time.monotonic()
-    watchdog = cli._Watchdog(0, 2, "critical", lambda output, code: cli.publish(str(prom), output, code, started))
+    watchdog = cli._Watchdog(0, 2, "critical", lambda output: cli.publish(str(prom), output, started))
     watchdog._fire(2, "critical")
     assert exits == [2]
     assert capsys.readouterr().out == "REGISTRY_DEEP CRITICAL - deadline of 2s passed and the run did not wind down\n"

@@ -46,7 +46,7 @@ def test_each_origin_answer_ends_the_line_and_the_state_stays_critical(origin, v
     scan = ScanResult((APP,), (), (failure(0, origin),), 1.0, 0)
     plugin = check.build_check(lambda: scan)
     plugin()
-    lines = check.render(plugin).splitlines()
+    lines = check.rendered(plugin).text.splitlines()
     assert plugin.exitcode == 2
     assert lines[1] == f"CRITICAL: layer {D[0]}: digest mismatch: got x - breaks team/app:1; origin {ORIGIN}: {verdict}"
     assert ("all cache-only" in lines[0]) == (verdict.startswith("intact")), lines[0]
@@ -58,7 +58,7 @@ def test_summary_says_cache_only_only_when_every_failure_is():
         scan = ScanResult((APP, DB), (), (failure(0, origins[0]), failure(1, origins[1], DB)), 1.0, 0)
         plugin = check.build_check(lambda: scan)  # noqa: B023 (called right here)
         plugin()
-        first = check.render(plugin).splitlines()[0]
+        first = check.rendered(plugin).text.splitlines()[0]
         expected = "REGISTRY_DEEP CRITICAL - 2 broken blobs, breaking 2 of 2 images" + (
             f", all cache-only (origin {ORIGIN} intact): " if cache_only else ": ")
         assert first.startswith(expected), first

@@ -3,9 +3,12 @@ selections that match nothing, images the deadline left unchecked."""
 
 from __future__ import annotations
 
+import ast
 import errno
 import os
 import re
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +32,7 @@ from check_registry_deep.model import (
 )
 from check_registry_deep.options import DiscoveryOptions
 from check_registry_deep.reference import Digest, ImageRef
+from check_registry_deep.states import Rendered
 from check_registry_deep.wording import empty_text
 
 REGISTRY = "http://127.0.0.1:5000"
@@ -39,29 +43,56 @@ DAY = 86400.0
 
 # -- a file that cannot be written -------------------------------------------------------------------------
 
-OK_OUTPUT = "REGISTRY_DEEP OK - 1 image, 1 blob, 1.0 kB verified in 0.5s | blobs=1;;;0\nnote: x\n"
-CRITICAL_OUTPUT = "REGISTRY_DEEP CRITICAL - 1 broken blob | blobs=0;;;0\nCRITICAL: layer sha256:…\n"
+OK_OUTPUT = Rendered("ok", "1 image, 1 blob, 1.0 kB verified in 0.5s", "blobs=1;;;0", ("note: x",))
+CRITICAL_OUTPUT = Rendered("critical", "1 broken blob", "blobs=0;;;0", ("CRITICAL: layer sha256:…",))
 PROBLEM = "cannot write --json /x/run.json: No space left on device"
 
 
-def test_a_failed_write_turns_ok_into_unknown_and_keeps_the_perfdata():
-    assert with_problem(OK_OUTPUT, 0, PROBLEM) == (
+def test_the_output_values_render_as_the_plugin_prints_them():
+    assert OK_OUTPUT.text == "REGISTRY_DEEP OK - 1 image, 1 blob, 1.0 kB verified in 0.5s | blobs=1;;;0\nnote: x\n"
+    assert Rendered("unknown", "").text == "REGISTRY_DEEP UNKNOWN\n"
+    assert replace(OK_OUTPUT, table="T\n").text.endswith("note: x\n\nT\n")
+    assert replace(OK_OUTPUT, document='{"state": "OK"}\n').text == '{"state": "OK"}\n'
+
+
+def test_a_failed_write_turns_ok_into_unknown_with_the_problem_first_and_keeps_the_perfdata():
+    output = with_problem(OK_OUTPUT, PROBLEM)
+    assert output == Rendered("unknown", f"{PROBLEM}; 1 image, 1 blob, 1.0 kB verified in 0.5s", "blobs=1;;;0",
+                              ("note: x",))
+    assert (output.text, output.exitcode) == (
         f"REGISTRY_DEEP UNKNOWN - {PROBLEM}; 1 image, 1 blob, 1.0 kB verified in 0.5s | blobs=1;;;0\nnote: x\n", 3)
 
 
-@pytest.mark.parametrize("code", [1, 2, 3])
-def test_a_failed_write_never_hides_a_worse_state(code):
-    first, _, rest = CRITICAL_OUTPUT.partition("\n")
-    assert with_problem(CRITICAL_OUTPUT, code, PROBLEM) == (f"{first}\nUNKNOWN: {PROBLEM}\n{rest}", code)
+@pytest.mark.parametrize("state", ["warning", "critical", "unknown"])
+def test_a_failed_write_never_hides_a_worse_state(state):
+    output = with_problem(replace(CRITICAL_OUTPUT, state=state), PROBLEM)
+    assert output == replace(CRITICAL_OUTPUT, state=state,
+                             long_lines=(f"UNKNOWN: {PROBLEM}", "CRITICAL: layer sha256:…"))
+    first = replace(CRITICAL_OUTPUT, state=state, long_lines=()).text
+    assert output.text == f"{first}UNKNOWN: {PROBLEM}\nCRITICAL: layer sha256:…\n"
+    assert output.exitcode == {"warning": 1, "critical": 2, "unknown": 3}[state]
 
 
 def test_without_text_the_failed_write_goes_to_stderr_and_the_document_stays(capsys):
-    assert with_problem('{"state": "OK"}\n', 0, PROBLEM, text=False) == ('{"state": "OK"}\n', 3)
+    document = replace(OK_OUTPUT, document='{"state": "OK"}\n')
+    output = with_problem(document, PROBLEM, text=False)
+    assert (output.text, output.exitcode) == ('{"state": "OK"}\n', 3)
     assert capsys.readouterr().err == PROBLEM + "\n"
+    assert with_problem(replace(document, state="critical"), PROBLEM, text=False).exitcode == 2
 
 
 def test_nothing_to_say_changes_nothing():
-    assert with_problem(OK_OUTPUT, 0, None) == (OK_OUTPUT, 0)
+    assert with_problem(OK_OUTPUT, None) == OK_OUTPUT
+
+
+def test_no_output_is_parsed_back_into_its_parts():
+    """Values, not strings: a file that could not be written changes the `Rendered` value; the modules that add it
+    to the output split no text."""
+    for module in ("atomic", "metrics"):
+        tree = ast.parse((Path(check.__file__).parent / f"{module}.py").read_text(encoding="utf-8"))
+        splits = [ast.unparse(node) for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                  and node.attr in ("partition", "rpartition", "split", "rsplit", "splitlines")]
+        assert splits == [], module
 
 
 def test_a_write_that_fails_midway_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
@@ -88,7 +119,7 @@ def judged(freshness, max_age=None):
     scan = ScanResult((APP,), (), (LAYER,), 0.5, 0, freshness=freshness)
     plugin = check.build_check(lambda: scan, max_age=max_age)
     plugin()
-    return check.render(plugin).splitlines()[0], plugin.exitcode
+    return check.rendered(plugin).text.splitlines()[0], plugin.exitcode
 
 
 def test_a_blob_older_than_max_age_is_a_warning_naming_how_many():
@@ -148,7 +179,7 @@ def test_repositories_without_a_selected_tag_are_an_empty_selection_of_the_patte
 def render(scan, **options):
     plugin = check.build_check(lambda: scan, **options)
     plugin()
-    return check.render(plugin).splitlines(), plugin.exitcode
+    return check.rendered(plugin).text.splitlines(), plugin.exitcode
 
 
 MULTI = ImageRef.parse("team/multi:1")
