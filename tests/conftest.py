@@ -10,9 +10,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional
 
 import pytest
+
+if TYPE_CHECKING:
+    import responses
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -143,3 +146,22 @@ def scratch() -> Iterator[Path]:
     path = private_dir("icinga-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def no_proxy_from_the_environment(monkeypatch) -> None:
+    """Debian's package build sets http_proxy to a dead port (no network while building): the tests that mock HTTP
+    set the proxy they mean themselves."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+@pytest.fixture
+def mock() -> Iterator[responses.RequestsMock]:
+    """HTTP mocked with responses (the unit tests of client.py and referrers.py). Imported here, not at the top:
+    the installed package's autopkgtest loads this file without python3-responses."""
+    import responses
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield rsps
