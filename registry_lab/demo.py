@@ -24,6 +24,12 @@ def run_check(url: str, refs: list, *extra: str) -> int:
     return done.returncode
 
 
+def verdict(ok: bool, expected: str) -> int:
+    """The demo's last line, and its exit code: 0 when every check ended as the demo says it should."""
+    print("demo " + (f"as expected: {expected}" if ok else "did NOT go as expected"))
+    return 0 if ok else 1
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args == ["--swift"]:
@@ -53,9 +59,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         show("the check again")
         broken = run_check(registry.url, refs)
     show("cleaned up: registry stopped, storage removed")
-    ok = healthy == 0 and broken == 2
-    print("demo " + ("as expected: OK, then CRITICAL with every affected image" if ok else "did NOT go as expected"))
-    return 0 if ok else 1
+    return verdict(healthy == 0 and broken == 2, "OK, then CRITICAL with every affected image")
 
 
 def swift_main() -> int:
@@ -94,9 +98,7 @@ def swift_main() -> int:
         finally:
             registry.stop()
     show("cleaned up: registry and Swift stopped, storage removed")
-    ok = healthy == 0 and broken == 2
-    print("demo " + ("as expected: OK, then CRITICAL with every affected image" if ok else "did NOT go as expected"))
-    return 0 if ok else 1
+    return verdict(healthy == 0 and broken == 2, "OK, then CRITICAL with every affected image")
 
 
 def cache_main() -> int:
@@ -130,10 +132,8 @@ def cache_main() -> int:
             repaired = run_check(cache.url, refs, "--origin", origin.host)
             print(f"nginx's log, the golden layer: {', '.join(cache.cache_statuses(golden))}")
     show("cleaned up: nginx and the registry stopped, cache and storage removed")
-    ok = healthy == 0 and broken == 2 and repaired == 0
-    print("demo " + ("as expected: OK, then CRITICAL with the origin intact, then OK after the purge" if ok
-                     else "did NOT go as expected"))
-    return 0 if ok else 1
+    return verdict(healthy == 0 and broken == 2 and repaired == 0,
+                   "OK, then CRITICAL with the origin intact, then OK after the purge")
 
 
 def s3_main() -> int:
@@ -176,10 +176,8 @@ def s3_main() -> int:
         finally:
             registry.stop()
     show("cleaned up: registry, front and moto stopped, storage removed")
-    ok = healthy == 0 and broken == 2 and repaired == 0
-    print("demo " + ("as expected: OK, then CRITICAL naming the storage, then OK after the restore" if ok
-                     else "did NOT go as expected"))
-    return 0 if ok else 1
+    return verdict(healthy == 0 and broken == 2 and repaired == 0,
+                   "OK, then CRITICAL naming the storage, then OK after the restore")
 
 
 def signatures_main() -> int:
@@ -207,10 +205,8 @@ def signatures_main() -> int:
         show("the check again, with --referrers")
         broken = run_check(registry.url, refs, "--referrers", "--cosign-key", str(key))
     show("cleaned up: registry stopped, storage removed")
-    ok = healthy == 0 and unaware == 2 and broken == 2
-    print("demo " + ("as expected: OK, then CRITICAL naming the lost SBOM and signature" if ok
-                     else "did NOT go as expected"))
-    return 0 if ok else 1
+    return verdict(healthy == 0 and unaware == 2 and broken == 2,
+                   "OK, then CRITICAL naming the lost SBOM and signature")
 
 
 if __name__ == "__main__":
